@@ -1,0 +1,1 @@
+"""Transport: the sans-I/O protocol core (``protocol``) and the trio WebSocket/HTTP server."""
