@@ -1,0 +1,1 @@
+"""Benchmarks behind ``tether bench <scenario>`` (see ``tether.__main__``)."""
