@@ -1,0 +1,303 @@
+"""The async storage API the actors call, as ``typing.Protocol`` classes.
+
+Two implementations exist, held to the same contract by one test suite
+(``tests/contract/test_storage_contract.py``):
+
+* :class:`tether.storage.sql.SqlStore` (SQLite or PostgreSQL, via
+  :func:`tether.storage.sql.open_store`);
+* :class:`tether.storage.memory.MemoryStore` (tests and development).
+
+Common rules for every method:
+
+* Every method is ``async`` and runs under trio; each call is one atomic
+  operation (all of it takes effect, or none).
+* A write has taken effect, durably on SQL stores, when the call returns.
+* ``ValueError``: a malformed argument (see :mod:`tether.storage.records` for
+  the limits); raised before anything is queued. This is a caller bug.
+* :class:`~tether.storage.errors.StorageUnavailable`: temporary; nothing was
+  done; retry later. :class:`~tether.storage.errors.NotFound` and
+  :class:`~tether.storage.errors.Conflict` as documented per method.
+* ``now_ms`` arguments are Unix milliseconds; where optional, None means the
+  current wall-clock time.
+* Cancellation: a cancelled read had no effect. A cancelled write may still
+  take effect (it was already queued); retrying an append is safe because
+  appends are deduplicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Protocol
+
+from tether.storage.records import (
+    AppendResult,
+    MemberReceipts,
+    MemberRecord,
+    MessageRecord,
+    RoomKind,
+    RoomRecord,
+    RoomSummary,
+    UserRecord,
+)
+
+__all__ = ["MessageStore", "RoomStore", "Store", "UserStore"]
+
+
+class UserStore(Protocol):
+    """Users and their last-seen times."""
+
+    async def upsert_user(
+        self, user_id: str, name: str, *, now_ms: int | None = None
+    ) -> UserRecord:
+        """Create the user, or update the name of an existing one.
+
+        Args:
+          user_id: the user's id.
+          name: display name.
+          now_ms: creation time if the user is new (ignored otherwise).
+
+        Returns:
+          The stored user (``created_at_ms`` and ``last_seen_ms`` unchanged for
+          an existing user).
+        """
+        ...
+
+    async def touch_last_seen(self, user_id: str, ts_ms: int) -> None:
+        """Record activity at ``ts_ms``; the stored time never moves back.
+
+        Raises:
+          NotFound: no such user.
+        """
+        ...
+
+    async def get_last_seen(self, user_ids: Collection[str]) -> dict[str, int | None]:
+        """Last-seen times of several users.
+
+        Returns:
+          One entry per distinct requested id: the time, or None if the user
+          was never seen or does not exist.
+        """
+        ...
+
+    async def get_user(self, user_id: str) -> UserRecord:
+        """The stored user.
+
+        Raises:
+          NotFound: no such user.
+        """
+        ...
+
+
+class RoomStore(Protocol):
+    """Rooms and memberships."""
+
+    async def create_room(
+        self,
+        kind: RoomKind,
+        name: str,
+        owner_id: str,
+        members: Iterable[str] = (),
+        *,
+        now_ms: int | None = None,
+    ) -> RoomRecord:
+        """Create a public or private room with a fresh id.
+
+        Args:
+          kind: "public" or "private" (direct rooms: ``get_or_create_direct``).
+          name: display name.
+          owner_id: the creator; becomes a member with role "owner".
+          members: further users to add with role "member" (repeats and the
+            owner are ignored).
+          now_ms: creation time, also every membership's join time.
+
+        Raises:
+          ValueError: kind is "direct" or unknown.
+          NotFound: the owner or a member does not exist (nothing is created).
+        """
+        ...
+
+    async def get_room(self, room_id: str) -> RoomRecord:
+        """The stored room, with its current ``last_seq``.
+
+        Raises:
+          NotFound: no such room.
+        """
+        ...
+
+    async def get_or_create_direct(
+        self, a: str, b: str, *, now_ms: int | None = None
+    ) -> RoomRecord:
+        """The one direct room of users ``a`` and ``b``, created on first use.
+
+        ``(a, b)`` and ``(b, a)`` name the same room. On creation ``a`` is the
+        owner and ``b`` a member; ``a == b`` gives a room with one member.
+
+        Raises:
+          NotFound: a user does not exist (only checked on creation).
+        """
+        ...
+
+    async def add_member(self, room_id: str, user_id: str, *, now_ms: int | None = None) -> bool:
+        """Add a user to a public or private room with role "member".
+
+        Returns:
+          True if added, False if the user was already a member (unchanged).
+
+        Raises:
+          NotFound: no such room or user.
+          Conflict: the room is a direct room (its members are fixed).
+        """
+        ...
+
+    async def remove_member(self, room_id: str, user_id: str) -> bool:
+        """Remove a user from a room, with the user's read and delivery markers.
+
+        Returns:
+          True if removed, False if the user was not a member.
+
+        Raises:
+          NotFound: no such room.
+          Conflict: the room is a direct room, or the user is its owner.
+        """
+        ...
+
+    async def list_members(self, room_id: str) -> list[MemberRecord]:
+        """The members of a room, by join time then user id.
+
+        Raises:
+          NotFound: no such room.
+        """
+        ...
+
+    async def rooms_for_user(self, user_id: str) -> list[RoomSummary]:
+        """The rooms a user belongs to, by creation time then id, with unread counts.
+
+        Returns:
+          An empty list for a user with no rooms or no such user.
+        """
+        ...
+
+
+class MessageStore(Protocol):
+    """Messages, their per-room sequence numbers, and receipts."""
+
+    async def append_message(
+        self, room_id: str, sender_id: str, client_id: str, body: object, now_ms: int
+    ) -> AppendResult:
+        """Append a message under the room's next sequence number.
+
+        Deduplicated by ``(room_id, sender_id, client_id)``: a retry returns the
+        original seq and time with ``duplicate=True`` and writes nothing, also
+        after a restart. Sequence numbers are 1, 2, 3... per room, without gaps,
+        in commit order. Membership is the caller's policy and is not checked.
+
+        Args:
+          room_id: the room.
+          sender_id: the author (an existing user).
+          client_id: the author's id for this message (1..64 characters).
+          body: any msgpack-serialisable value; stored opaque.
+          now_ms: the message time.
+
+        Raises:
+          ValueError: the body is not msgpack-serialisable.
+          NotFound: no such room, or no such sender (checked in that order).
+        """
+        ...
+
+    async def edit_message(
+        self, room_id: str, seq: int, sender_id: str, body: object, now_ms: int
+    ) -> MessageRecord:
+        """Replace the body of one's own message; sets ``edited_at_ms``.
+
+        Returns:
+          The updated message.
+
+        Raises:
+          NotFound: no such message, or it was deleted.
+          Conflict: ``sender_id`` is not the message's author.
+        """
+        ...
+
+    async def delete_message(
+        self, room_id: str, seq: int, sender_id: str, now_ms: int
+    ) -> MessageRecord:
+        """Delete one's own message, keeping a tombstone (body None) at its seq.
+
+        Idempotent: deleting a deleted message returns the tombstone unchanged.
+
+        Returns:
+          The tombstone (``deleted=True``, ``edited_at_ms`` the deletion time).
+
+        Raises:
+          NotFound: no such message.
+          Conflict: ``sender_id`` is not the message's author.
+        """
+        ...
+
+    async def history(
+        self,
+        room_id: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int,
+    ) -> list[MessageRecord]:
+        """A page of a room's messages, tombstones included, in ascending seq.
+
+        * neither cursor: the latest ``limit`` messages;
+        * ``before_seq``: the ``limit`` messages just before it (paging back);
+        * ``after_seq``: the ``limit`` messages just after it (paging forward);
+        * both: the first ``limit`` messages after ``after_seq`` and before
+          ``before_seq`` (filling a gap).
+
+        Raises:
+          ValueError: a negative cursor, or ``limit`` outside 1..500.
+          NotFound: no such room.
+        """
+        ...
+
+    async def set_read(self, room_id: str, user_id: str, seq: int) -> int:
+        """Advance a member's read marker to ``seq``; it never moves back.
+
+        ``seq`` is capped at the room's ``last_seq``.
+
+        Returns:
+          The marker after the call.
+
+        Raises:
+          NotFound: no such room, or the user is not a member.
+        """
+        ...
+
+    async def set_delivered(self, room_id: str, user_id: str, device_id: str, seq: int) -> int:
+        """Advance a member device's delivery marker; it never moves back.
+
+        ``seq`` is capped at the room's ``last_seq``.
+
+        Returns:
+          The marker after the call.
+
+        Raises:
+          NotFound: no such room, or the user is not a member.
+        """
+        ...
+
+    async def receipts(self, room_id: str) -> list[MemberReceipts]:
+        """Read and delivery markers of every member, sorted by user id.
+
+        Raises:
+          NotFound: no such room.
+        """
+        ...
+
+    async def unread_count(self, room_id: str, user_id: str) -> int:
+        """Messages after the member's read marker, sent by others, not deleted.
+
+        Raises:
+          NotFound: no such room, or the user is not a member.
+        """
+        ...
+
+
+class Store(UserStore, RoomStore, MessageStore, Protocol):
+    """Everything a tether server stores: what both implementations provide."""

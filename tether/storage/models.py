@@ -1,0 +1,148 @@
+"""SQLAlchemy 2.0 declarative models: the schema of a tether database.
+
+The models describe the schema; the migrations in ``migrations/versions``
+create it (revision ``0001`` creates everything here), and a unit test checks
+that the migrated database and these models agree. The store itself runs Core
+statements against ``Model.__table__``: the ORM's unit of work would cost
+more per row than the whole group-committed insert.
+
+Times are Unix milliseconds in BIGINT columns, so that both backends store
+the same integers and no time zone handling is involved.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tether.storage.records import (
+    MAX_CLIENT_ID_LENGTH,
+    MAX_DEVICE_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_ROOM_ID_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
+
+__all__ = ["Base", "DeviceReceipt", "Membership", "Message", "Room", "User"]
+
+# Deterministic constraint names, so that later migrations can refer to them
+# on both backends (SQLite has no names of its own for unnamed constraints).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: ``len(str(MAX_USER_ID_LENGTH)) + 2 * MAX_USER_ID_LENGTH + 2`` rounded up:
+#: a direct key is "<len>:<low id>:<high id>".
+DIRECT_KEY_LENGTH = 272
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the metadata of every table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    """A user, created on first sign-in."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    last_seen_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Room(Base):
+    """A room; ``last_seq`` is the sequence number of its latest message."""
+
+    __tablename__ = "rooms"
+    __table_args__ = (CheckConstraint("kind IN ('public', 'private', 'direct')", name="kind"),)
+
+    id: Mapped[str] = mapped_column(String(MAX_ROOM_ID_LENGTH), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
+    owner_id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), ForeignKey("users.id"))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Unique: one direct room per user pair (NULL for other kinds, and NULLs
+    # never collide in a unique constraint on either backend).
+    direct_key: Mapped[str | None] = mapped_column(String(DIRECT_KEY_LENGTH), unique=True)
+
+
+class Membership(Base):
+    """A user's membership of a room, with the user's read marker."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        CheckConstraint("role IN ('owner', 'member')", name="role"),
+        # "Which rooms is this user in" is the query of every connect.
+        Index(None, "user_id"),
+    )
+
+    room_id: Mapped[str] = mapped_column(
+        String(MAX_ROOM_ID_LENGTH), ForeignKey("rooms.id"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        String(MAX_USER_ID_LENGTH), ForeignKey("users.id"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    joined_at_ms: Mapped[int] = mapped_column(BigInteger)
+    read_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class Message(Base):
+    """A message; the primary key (room_id, seq) is also the history index."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The dedupe key of appends: a client retry finds its original here.
+        UniqueConstraint("room_id", "sender_id", "client_id"),
+    )
+
+    room_id: Mapped[str] = mapped_column(
+        String(MAX_ROOM_ID_LENGTH), ForeignKey("rooms.id"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    sender_id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), ForeignKey("users.id"))
+    client_id: Mapped[str] = mapped_column(String(MAX_CLIENT_ID_LENGTH))
+    # msgpack bytes of the body; NULL once the message is deleted.
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    edited_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class DeviceReceipt(Base):
+    """Delivery progress of one device of a room member."""
+
+    __tablename__ = "device_receipts"
+    __table_args__ = (
+        # Removing a member removes the member's device markers with it.
+        ForeignKeyConstraint(
+            ["room_id", "user_id"],
+            ["memberships.room_id", "memberships.user_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    room_id: Mapped[str] = mapped_column(String(MAX_ROOM_ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(MAX_DEVICE_ID_LENGTH), primary_key=True)
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
