@@ -1,0 +1,388 @@
+"""ConnectionActor: one per WebSocket client.
+
+It owns the sans-I/O protocol state (``ServerConnection``), the outbound side
+(:class:`~tether.actors.outbox.Outbox`), the per-connection rate limits and
+the liveness clock. The reader task (``tether.app``) feeds it every complete
+WebSocket message as :class:`~tether.actors.messages.Received`; everything
+else reaches it as actor messages.
+
+Lifecycle: hello (token check) → the UserActor counts the connection in →
+``welcome`` → open; it ends when the socket closes (``PeerClosed``), or when
+this actor closes it (heartbeat timeout, protocol error, flood, slow consumer,
+kick, shutdown). Whatever the cause, ``on_stop`` detaches it from its user and
+from every presence subscription, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tether.actors import Actor, ActorDeadError, MailboxFull, StopReason
+from tether.actors.context import ServerContext
+from tether.actors.messages import (
+    Attach,
+    Attached,
+    AttachRefused,
+    CloseConnection,
+    Deliver,
+    Detach,
+    HeartbeatTick,
+    HelloDeadline,
+    PeerClosed,
+    Received,
+    SetIdle,
+    Unwatch,
+    Watch,
+)
+from tether.actors.outbox import Outbox
+from tether.transport.auth import Identity, TokenError
+from tether.transport.protocol.codes import DisconnectCode, ErrorCode
+from tether.transport.protocol.connection import ServerConnection
+from tether.transport.protocol.errors import RemoteProtocolError
+from tether.transport.protocol.events import (
+    Bye,
+    Disconnect,
+    Hello,
+    Ping,
+    Pong,
+    PresenceSet,
+    PresenceSubscribe,
+    PresenceUnsubscribe,
+)
+from tether.transport.ratelimit import TokenBucket
+from tether.transport.websocket import WebSocketConnection, encode_frame
+
+log = logging.getLogger("tether.connection")
+
+_STOP_REASONS: dict[int, StopReason] = {
+    DisconnectCode.HEARTBEAT_TIMEOUT: StopReason.HEARTBEAT_TIMEOUT,
+    DisconnectCode.SLOW_CONSUMER: StopReason.SLOW_CONSUMER,
+    DisconnectCode.SHUTDOWN: StopReason.SHUTDOWN,
+    DisconnectCode.KICKED: StopReason.KICKED,
+    DisconnectCode.INVALID_TOKEN: StopReason.AUTH_FAILED,
+    DisconnectCode.TOKEN_EXPIRED: StopReason.AUTH_FAILED,
+    DisconnectCode.HELLO_TIMEOUT: StopReason.AUTH_FAILED,
+    DisconnectCode.NORMAL: StopReason.CLIENT_LEFT,
+}
+
+
+class ConnectionActor(Actor):
+    """One client WebSocket (see the module docstring).
+
+    Args:
+        ctx: the server context.
+        ws: the accepted WebSocket (its reader task belongs to the caller).
+        conn_id: server-unique id from ``ctx.next_conn_id()``.
+    """
+
+    kind = "connection"
+    # Bounded: the reader awaits space (TCP backpressure); other actors only
+    # tell it small control messages.
+    mailbox_size = 256
+
+    def __init__(self, ctx: ServerContext, ws: WebSocketConnection, conn_id: int) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.ws = ws
+        self.conn_id = conn_id
+        config = ctx.config
+        self.protocol = ServerConnection(limits=ctx.protocol_limits)
+        self.outbox = Outbox(conn_id, ws, self._overflowed)
+        now = trio.current_time()
+        self.last_activity = now
+        self._frames = TokenBucket(config.max_frames_per_s, config.frames_burst, now)
+        self._bytes = TokenBucket(
+            config.max_bytes_per_s, max(config.max_bytes_per_s, config.max_frame_bytes), now
+        )
+        self._strikes = 0
+        self.identity: Identity | None = None
+        self.device = ""
+        self.session = ""
+        self.watching: set[str] = set()
+        self._user_ref: Any = None
+        self._hello: Hello | None = None
+        self._ping_n = 0
+        self._deliberate = False
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Received: self._on_received,
+            Deliver: self._on_deliver,
+            HeartbeatTick: self._on_heartbeat,
+            HelloDeadline: self._on_hello_deadline,
+            Attached: self._on_attached,
+            AttachRefused: self._on_attach_refused,
+            CloseConnection: self._on_close_request,
+            PeerClosed: self._on_peer_closed,
+            _SubscribeAnswered: self._on_subscribe_answered,
+        }
+
+    # -- pykka hooks ----------------------------------------------------------
+    def on_start(self) -> None:
+        """Runs on the dispatcher before any message: arm the hello deadline."""
+        self.ctx.counters.connections_opened += 1
+        self._hello_timer = self.call_later(self.ctx.config.hello_timeout, HelloDeadline())
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch an internal message by type; unknown types are a bug."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise TypeError(f"Expected a connection message, got {message!r}")
+        return handler(message)
+
+    def on_stop(self) -> None:
+        """Detach from the user and from every watched user; close the socket."""
+        self.ctx.counters.connections_closed += 1
+        if self._user_ref is not None:
+            self._tell(self._user_ref, Detach(self.conn_id, deliberate=self._deliberate))
+        for user_id in self.watching:
+            ref = self.ctx.users.get(user_id)
+            if ref is not None:
+                self._tell(ref, Unwatch(self.conn_id))
+        self.watching.clear()
+        if not self.ws.closed:
+            code = (
+                DisconnectCode.SHUTDOWN
+                if self.stop_reason is StopReason.SHUTDOWN
+                else DisconnectCode.INTERNAL_ERROR
+            )
+            self.ws.close(code, code.name.lower())
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        """A handler bug: the client is told to reconnect (3003), others are unaffected."""
+        log.error("connection %s failed: %r", self.conn_id, exc_value)
+        if not self.ws.closed:
+            self.ws.close(DisconnectCode.INTERNAL_ERROR, "internal error")
+
+    # -- helpers --------------------------------------------------------------
+    def _tell(self, ref: Any, message: Any) -> None:
+        try:
+            ref.tell(message)
+        except (ActorDeadError, MailboxFull) as exc:
+            log.debug("connection %s: %r dropped: %r", self.conn_id, message, exc)
+
+    def _send(self, event: Any) -> None:
+        """Encode an event through the protocol state machine and send it."""
+        payload = self.protocol.send(event)
+        if not self.outbox.push(encode_frame(payload)):
+            return
+        self.ctx.counters.frames_out += 1
+
+    def _disconnect(self, code: DisconnectCode, reason: str) -> None:
+        """Close with ``code`` and stop; idempotent."""
+        if not self.ws.closed:
+            try:
+                self.protocol.send(Disconnect(code, reason))
+            except Exception:  # the protocol may already be closed by a fatal error
+                log.debug("connection %s: protocol already closed", self.conn_id)
+            self.ws.close(int(code), reason)
+        self.stop(reason=_STOP_REASONS.get(int(code), StopReason.PROTOCOL_ERROR))
+
+    def _overflowed(self) -> None:
+        # Called synchronously from whichever actor pushed the frame that did
+        # not fit; close at once so the queue stops growing, stop via mail.
+        self.ctx.counters.slow_consumers += 1
+        log.info("connection %s: slow consumer, closing", self.conn_id)
+        self.ws.close(DisconnectCode.SLOW_CONSUMER, "slow consumer")
+        self._tell(self.ref, CloseConnection(DisconnectCode.SLOW_CONSUMER, "slow consumer"))
+
+    # -- inbound frames -------------------------------------------------------
+    def _on_received(self, msg: Received) -> None:
+        if self.ws.closed:
+            return
+        now = trio.current_time()
+        self.last_activity = now
+        self.ctx.counters.frames_in += 1
+        limited = not self._frames.take(now) or not self._bytes.take(now, len(msg.payload))
+        try:
+            self.protocol.receive_data(msg.payload)
+            for event in self.protocol.events():
+                if limited:
+                    self._rate_limited(event)
+                    continue
+                self._dispatch(event)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _rate_limited(self, event: Any) -> None:
+        self._strikes += 1
+        if self._strikes > self.ctx.config.frames_burst:
+            log.warning("connection %s: flood, closing", self.conn_id)
+            self._disconnect(DisconnectCode.RATE_LIMITED, "rate limit exceeded")
+            return
+        ref = getattr(event, "ref", None)
+        if ref is not None:
+            self._send(event.error(ErrorCode.RATE_LIMITED, "rate limit exceeded, slow down"))
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        self.ctx.counters.protocol_errors += 1
+        log.info("connection %s: %s", self.conn_id, exc)
+        if exc.close_hint is not None:
+            hint = exc.close_hint
+            self._disconnect(DisconnectCode(hint.code), hint.reason)
+        elif exc.error_hint is not None:
+            self._send(exc.error_hint)
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, Ping):
+            self._send(event.response())
+        elif isinstance(event, Pong):
+            pass  # liveness was recorded when the frame arrived
+        elif isinstance(event, Hello):
+            self._on_hello(event)
+        elif isinstance(event, PresenceSubscribe):
+            self._on_subscribe(event)
+        elif isinstance(event, PresenceUnsubscribe):
+            self._on_unsubscribe(event)
+        elif isinstance(event, PresenceSet):
+            self._on_presence_set(event)
+        elif isinstance(event, Bye):
+            self._deliberate = True
+            self._disconnect(DisconnectCode.NORMAL, "bye")
+        else:  # a frame type the core accepts but this server version ignores
+            ref = getattr(event, "ref", None)
+            if ref is not None:
+                self._send(event.error(ErrorCode.UNKNOWN_TYPE, "not supported by this server"))
+
+    # -- hello / attach -------------------------------------------------------
+    def _on_hello(self, hello: Hello) -> None:
+        try:
+            identity = self.ctx.verifier.verify(hello.token)
+        except TokenError as exc:
+            self.ctx.counters.auth_failures += 1
+            log.info("connection %s: %s", self.conn_id, exc.reason)
+            code = DisconnectCode.TOKEN_EXPIRED if exc.expired else DisconnectCode.INVALID_TOKEN
+            self._send(hello.error(ErrorCode.FORBIDDEN, exc.reason[:120]))
+            self._disconnect(code, "token expired" if exc.expired else "invalid token")
+            return
+        self.identity = identity
+        self._hello = hello
+        self.device = hello.device or f"conn-{self.conn_id}"
+        self.session = secrets.token_urlsafe(12)
+        user = self.ctx.users.get_or_spawn(identity.user_id)
+        self._user_ref = user
+        self._tell(
+            user,
+            Attach(self.ref, self.conn_id, self.device, identity.name, self.outbox),
+        )
+
+    def _on_attached(self, _msg: Attached) -> None:
+        self._hello_timer.cancel()
+        assert self._hello is not None
+        assert self.identity is not None
+        config = self.ctx.config
+        self._send(
+            self._hello.welcome(
+                session=self.session,
+                user=self.identity.user_id,
+                name=self.identity.name,
+                device=self.device,
+                heartbeat_ms=int(config.heartbeat_interval * 1000),
+                timeout_ms=int(config.heartbeat_timeout * 1000),
+                server=self.ctx.server_version,
+                limits={
+                    "max_frame_bytes": config.max_frame_bytes,
+                    "max_frames_per_s": int(config.max_frames_per_s),
+                    "max_presence_subscriptions": config.max_presence_subscriptions,
+                },
+            )
+        )
+
+    def _on_attach_refused(self, msg: AttachRefused) -> None:
+        self._user_ref = None  # never counted in
+        assert self._hello is not None
+        self._send(self._hello.error(ErrorCode.LIMIT_EXCEEDED, msg.reason))
+        self._disconnect(DisconnectCode.TOO_MANY_CONNECTIONS, msg.reason)
+
+    def _on_hello_deadline(self, _msg: HelloDeadline) -> None:
+        if self._user_ref is None or self._hello is None:
+            self._disconnect(DisconnectCode.HELLO_TIMEOUT, "no hello in time")
+
+    # -- presence -------------------------------------------------------------
+    def _on_subscribe(self, event: PresenceSubscribe) -> None:
+        users = [u for u in dict.fromkeys(event.users) if u not in self.watching]
+        limit = self.ctx.config.max_presence_subscriptions
+        if len(self.watching) + len(users) > limit:
+            self._send(
+                event.error(ErrorCode.LIMIT_EXCEEDED, f"at most {limit} presence subscriptions")
+            )
+            return
+        futures = []
+        for user_id in users:
+            self.watching.add(user_id)
+            ref = self.ctx.users.get_or_spawn(user_id)
+            futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
+        already = [u for u in dict.fromkeys(event.users) if u not in users]
+        for user_id in already:
+            ref = self.ctx.users.get_or_spawn(user_id)
+            futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
+        if not futures:
+            self._send(event.reply({"users": []}))
+            return
+        # Gather the snapshots without blocking this actor: the reply goes out
+        # when the last user actor has answered (a temporary task, not a
+        # handler that holds the mailbox).
+        self.ctx.system.nursery.start_soon(self._reply_subscribe, event, futures)
+
+    async def _reply_subscribe(self, event: PresenceSubscribe, futures: list[Any]) -> None:
+        snapshots = []
+        for future in futures:
+            try:
+                snapshots.append((await future).to_wire())
+            except ActorDeadError:
+                continue
+        # Back through the mailbox: only the actor touches the protocol state.
+        self._tell(self.ref, _SubscribeAnswered(event, snapshots))
+
+    def _on_subscribe_answered(self, msg: _SubscribeAnswered) -> None:
+        if not self.ws.closed:
+            self._send(msg.event.reply({"users": msg.snapshots}))
+
+    def _on_unsubscribe(self, event: PresenceUnsubscribe) -> None:
+        for user_id in event.users:
+            if user_id in self.watching:
+                self.watching.discard(user_id)
+                ref = self.ctx.users.get(user_id)
+                if ref is not None:
+                    self._tell(ref, Unwatch(self.conn_id))
+        self._send(event.reply({}))
+
+    def _on_presence_set(self, event: PresenceSet) -> None:
+        if self._user_ref is not None:
+            self._tell(self._user_ref, SetIdle(self.conn_id, event.status == "idle"))
+        if event.ref is not None:
+            self._send(event.reply({}))
+
+    # -- pushes and timers ----------------------------------------------------
+    def _on_deliver(self, msg: Deliver) -> None:
+        if self.outbox.push(msg.frame):
+            self.ctx.counters.frames_out += 1
+
+    def _on_heartbeat(self, _msg: HeartbeatTick) -> None:
+        if self.ws.closed:
+            return
+        silent = trio.current_time() - self.last_activity
+        if silent > self.ctx.config.heartbeat_timeout:
+            self.ctx.counters.heartbeat_timeouts += 1
+            log.info("connection %s: silent for %.1fs, closing", self.conn_id, silent)
+            self._disconnect(DisconnectCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            return
+        self._ping_n += 1
+        self._send(Ping(n=self._ping_n))
+
+    def _on_close_request(self, msg: CloseConnection) -> None:
+        self._disconnect(DisconnectCode(msg.code), msg.reason)
+
+    def _on_peer_closed(self, msg: PeerClosed) -> None:
+        log.debug("connection %s: closed by peer (%s)", self.conn_id, msg.code)
+        self.stop(reason=StopReason.CLIENT_LEFT)
+
+
+@dataclass(frozen=True, slots=True)
+class _SubscribeAnswered:
+    event: PresenceSubscribe
+    snapshots: list[dict[str, object]]

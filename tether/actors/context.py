@@ -1,0 +1,207 @@
+"""What every server-side actor shares: settings, the actor system, directories."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from tether.config import ServerConfig
+from tether.transport.auth import TokenVerifier
+from tether.transport.protocol.connection import Limits
+
+if TYPE_CHECKING:
+    from tether.actors import ActorRef, ActorSystem
+
+log = logging.getLogger("tether.actors")
+
+
+class PresenceStore(Protocol):
+    """The storage a UserActor needs (``tether.storage`` stores satisfy it)."""
+
+    async def upsert_user(self, user_id: str, name: str) -> object: ...
+
+    async def touch_last_seen(self, user_id: str, ts_ms: int) -> None: ...
+
+    async def get_last_seen(self, user_ids: list[str]) -> dict[str, int | None]: ...
+
+
+@dataclass(slots=True)
+class Counters:
+    """Server-wide counters for ``/metrics`` and the console."""
+
+    connections_opened: int = 0
+    connections_closed: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    protocol_errors: int = 0
+    slow_consumers: int = 0
+    heartbeat_timeouts: int = 0
+    auth_failures: int = 0
+    presence_events: int = 0
+
+
+class UserDirectory:
+    """user id → the live UserActor; spawns on demand (trio thread only).
+
+    A UserActor that decides to stop removes itself here first, in the same
+    handler; a lookup after that spawns a fresh actor, so no message is ever
+    sent to an actor that already decided to go.
+    """
+
+    __slots__ = ("_ctx", "_users")
+
+    def __init__(self) -> None:
+        self._users: dict[str, ActorRef[Any]] = {}
+        self._ctx: ServerContext | None = None
+
+    def bind(self, ctx: ServerContext) -> None:
+        """Attach the context actors are started with (once, at server start)."""
+        self._ctx = ctx
+
+    def get(self, user_id: str) -> ActorRef[Any] | None:
+        """The live actor of ``user_id``, if any."""
+        return self._users.get(user_id)
+
+    def get_or_spawn(self, user_id: str) -> ActorRef[Any]:
+        """The live actor of ``user_id``, started if needed."""
+        ref = self._users.get(user_id)
+        if ref is not None:
+            return ref
+        from tether.actors.user import UserActor  # noqa: PLC0415 - user imports this module
+
+        if self._ctx is None:
+            raise RuntimeError("UserDirectory.bind() was not called")
+        ref = self._ctx.system.spawn(UserActor, self._ctx, user_id)
+        self._users[user_id] = ref
+        return ref
+
+    def adopt(self, user_id: str, ref: ActorRef[Any]) -> None:
+        """Make ``ref`` the entry again (a retiring actor that got new work)."""
+        self._users.setdefault(user_id, ref)
+
+    def remove(self, user_id: str, ref: ActorRef[Any]) -> None:
+        """Forget ``ref`` if it is still the entry for ``user_id``."""
+        if self._users.get(user_id) == ref:
+            del self._users[user_id]
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class PresenceWriter:
+    """Persists users and ``last_seen`` in the background, coalesced per user.
+
+    Presence changes must never wait on the database, and a burst (a thousand
+    users dropping at once) must not turn into a thousand queued writes: the
+    newest value per user is kept in a dict (bounded by the number of users)
+    and flushed by one task, concurrently so that storage group-commits them.
+    If storage fails the values are kept and retried with backoff.
+    """
+
+    #: Concurrent writes per flush round (group commit merges them).
+    batch = 256
+
+    def __init__(self, store: PresenceStore, *, interval: float = 0.5) -> None:
+        self._store = store
+        self._interval = interval
+        self._last_seen: dict[str, int] = {}
+        self._users: dict[str, str] = {}
+        self._wake = trio.Event()
+        self.flushed = 0
+        self.failures = 0
+
+    def note_last_seen(self, user_id: str, ts_ms: int) -> None:
+        """Record that ``user_id`` was last connected at ``ts_ms``."""
+        self._last_seen[user_id] = max(ts_ms, self._last_seen.get(user_id, 0))
+        self._wake.set()
+
+    def note_user(self, user_id: str, name: str) -> None:
+        """Record that ``user_id`` exists with display name ``name``."""
+        self._users[user_id] = name
+        self._wake.set()
+
+    def pending_last_seen(self, user_id: str) -> int | None:
+        """A ``last_seen`` not yet written (newer than what storage has)."""
+        return self._last_seen.get(user_id)
+
+    @property
+    def pending(self) -> int:
+        """Values waiting to be written."""
+        return len(self._last_seen) + len(self._users)
+
+    async def run(self) -> None:
+        """Flush forever (cancel to stop; call :meth:`flush` afterwards).
+
+        Cancellation: the wait between rounds is the checkpoint; values taken
+        for a round that is cancelled are put back.
+        """
+        backoff = self._interval
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(self._interval)  # let a burst coalesce
+            try:
+                await self.flush()
+            except Exception as exc:
+                self.failures += 1
+                log.warning("presence writer: storage failed, retrying: %r", exc)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wake.set()
+            else:
+                backoff = self._interval
+
+    async def flush(self) -> None:
+        """Write everything pending now.
+
+        Raises:
+            Exception: whatever storage raised; the unwritten values are kept.
+        """
+        users, self._users = self._users, {}
+        seen, self._last_seen = self._last_seen, {}
+        try:
+            await self._write_all(self._store.upsert_user, list(users.items()))
+            await self._write_all(self._store.touch_last_seen, list(seen.items()))
+        except BaseException:
+            for user_id, name in users.items():
+                self._users.setdefault(user_id, name)
+            for user_id, ts in seen.items():
+                self.note_last_seen(user_id, ts)
+            raise
+        self.flushed += len(users) + len(seen)
+
+    async def _write_all(
+        self, write: Callable[[str, Any], Awaitable[object]], items: list[tuple[str, Any]]
+    ) -> None:
+        for start in range(0, len(items), self.batch):
+            async with trio.open_nursery() as nursery:
+                for key, value in items[start : start + self.batch]:
+                    nursery.start_soon(write, key, value)
+
+
+@dataclass(slots=True)
+class ServerContext:
+    """Shared by every actor of one server instance (never process-global)."""
+
+    config: ServerConfig
+    system: ActorSystem
+    verifier: TokenVerifier
+    store: PresenceStore
+    server_version: str
+    presence_writer: PresenceWriter
+    protocol_limits: Limits
+    users: UserDirectory = field(default_factory=UserDirectory)
+    counters: Counters = field(default_factory=Counters)
+    _conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.users.bind(self)
+
+    def next_conn_id(self) -> int:
+        """A server-unique connection id."""
+        return next(self._conn_ids)

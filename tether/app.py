@@ -1,0 +1,250 @@
+"""The server: wires storage, the actor system and the transport together.
+
+``Server(config).run()`` is what ``tether serve`` runs. Structure (one trio
+nursery tree, so shutdown is structured and nothing is orphaned)::
+
+    store (SQLAlchemy in worker threads, group commit)
+     └─ actor system (users, connections)
+         └─ server nursery: listener (HTTP + WebSocket), presence writer
+
+Graceful shutdown (:meth:`Server.request_shutdown`, SIGINT/SIGTERM in the CLI):
+stop accepting, close every client with 3000 (reconnect), wait for them up to
+``shutdown_timeout``, stop the actors, flush presence to storage, close storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tether import __version__
+from tether.actors import ActorDeadError, MailboxFull, StopReason, open_actor_system
+from tether.actors.connection import ConnectionActor
+from tether.actors.context import PresenceWriter, ServerContext
+from tether.actors.messages import CloseConnection, PeerClosed, Received
+from tether.config import ServerConfig
+from tether.storage import open_store
+from tether.transport.auth import TokenVerifier
+from tether.transport.http import HttpRequest, HttpResponse
+from tether.transport.protocol.codes import DisconnectCode
+from tether.transport.protocol.connection import Limits
+from tether.transport.protocol.versions import SUBPROTOCOLS
+from tether.transport.server import Listener, TransportLimits, serve
+from tether.transport.websocket import WebSocketConnection
+
+log = logging.getLogger("tether.server")
+
+SERVER_NAME = f"tether/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What :meth:`Server.run` reports through ``task_status`` once listening."""
+
+    host: str
+    port: int
+    url: str
+
+
+class Server:
+    """One tether node.
+
+    Args:
+        config: the settings (see ``tether.config``).
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.ctx: ServerContext | None = None
+        self.listener: Listener | None = None
+        self._shutdown = trio.Event()
+        self._draining = False
+        self._no_connections = trio.Event()
+        self.ready = False
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown (idempotent, callable from the trio thread)."""
+        self._shutdown.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`request_shutdown`, then shut down gracefully.
+
+        Resource handling: owns the store, the actor system and the listener;
+        all are closed when this returns.
+        Cancellation: cancelling it aborts every connection without the
+        graceful close frames; storage is still closed.
+        """
+        config = self.config
+        secret = config.load_secret()
+        if config.dev:
+            log.warning(
+                "DEV MODE: self-issued 'dev:<user>' identities are accepted. "
+                "Anyone who can reach this server can claim any user. Never use --dev "
+                "on a reachable server."
+            )
+        verifier = TokenVerifier(
+            secret, require_expiry=config.require_token_expiry, dev_mode=config.dev
+        )
+        ssl_context = self._ssl_context()
+        url = config.effective_database_url
+        async with open_store(url, migrate=True) as store:
+            writer = PresenceWriter(store)
+            try:
+                async with open_actor_system(name="tether") as system:
+                    ctx = ServerContext(
+                        config=config,
+                        system=system,
+                        verifier=verifier,
+                        store=store,
+                        server_version=SERVER_NAME,
+                        presence_writer=writer,
+                        protocol_limits=Limits(max_frame_bytes=config.max_frame_bytes),
+                    )
+                    self.ctx = ctx
+                    system.registry.subscribe(_ConnectionsGone(self))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(writer.run)
+                        listener: Listener = await nursery.start(self._serve, ssl_context)
+                        self.listener = listener
+                        scheme = "wss" if ssl_context else "ws"
+                        info = ServerInfo(
+                            listener.host,
+                            listener.port,
+                            f"{scheme}://{_url_host(listener.host)}:{listener.port}/ws",
+                        )
+                        self._tune_gc()
+                        self.ready = True
+                        log.info("tether %s listening on %s", __version__, info.url)
+                        task_status.started(info)
+                        await self._shutdown.wait()
+                        await self._drain(listener)
+                        nursery.cancel_scope.cancel()
+            finally:
+                self.ready = False
+                with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_timeout):
+                    try:
+                        await writer.flush()
+                    except Exception as exc:
+                        log.error("presence not flushed at shutdown: %r", exc)
+        log.info("tether stopped")
+
+    async def _serve(self, ssl_context: ssl.SSLContext | None, *, task_status: Any) -> None:
+        config = self.config
+        await serve(
+            host=config.host,
+            port=config.port,
+            http_handler=self._http,
+            websocket_handler=self._websocket,
+            subprotocols=SUBPROTOCOLS,
+            ssl_context=ssl_context,
+            limits=TransportLimits(
+                max_message_size=config.max_frame_bytes,
+                max_outbound_bytes=config.max_outbound_bytes,
+                max_connections=config.max_connections,
+            ),
+            task_status=task_status,
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    @staticmethod
+    def _tune_gc() -> None:
+        # Everything allocated during start-up lives as long as the server:
+        # keep it out of every future collection. A higher gen-0 threshold
+        # means fewer collections under message load (see ARCHITECTURE.md,
+        # GC pauses with many live connections).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
+
+    async def _drain(self, listener: Listener) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        self._draining = True
+        listener.stop_accepting()
+        connections = ctx.system.registry.by_kind("connection")
+        log.info("shutting down: closing %d connections", len(connections))
+        for ref in connections:
+            try:
+                ref.tell(CloseConnection(DisconnectCode.SHUTDOWN, "server shutting down"))
+            except (ActorDeadError, MailboxFull):
+                continue
+        if ctx.system.registry.kinds().get("connection", 0):
+            with trio.move_on_after(self.config.shutdown_timeout):
+                await self._no_connections.wait()
+
+    # -- handlers -------------------------------------------------------------
+    async def _websocket(self, ws: WebSocketConnection) -> None:
+        """Reader task of one client: feed its frames to its ConnectionActor."""
+        ctx = self.ctx
+        if ctx is None or self._draining:
+            ws.close(DisconnectCode.SHUTDOWN, "server shutting down")
+            return
+        ref = ctx.system.spawn(ConnectionActor, ctx, ws, ctx.next_conn_id())
+        try:
+            while (payload := await ws.receive()) is not None:
+                message = Received(payload)
+                try:
+                    ref.tell(message)
+                except MailboxFull:
+                    # Backpressure: stop reading this socket until the actor
+                    # catches up; TCP then slows the client down.
+                    await ref.send(message)
+        except ActorDeadError:
+            pass  # the actor closed the connection itself
+        finally:
+            with contextlib.suppress(ActorDeadError, MailboxFull):
+                ref.tell(PeerClosed(ws.close_code or 1006))
+            with trio.CancelScope(shield=True):
+                await ref.stop(reason=StopReason.CLIENT_LEFT)
+
+    async def _http(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/healthz":
+            return HttpResponse.text(200, "ok\n")
+        if request.path == "/readyz":
+            if self.ready and not self._draining:
+                return HttpResponse.text(200, "ready\n")
+            return HttpResponse.text(503, "not ready\n")
+        if request.path == "/":
+            return HttpResponse.text(
+                200,
+                f"{SERVER_NAME}: WebSocket endpoint at /ws (subprotocol "
+                f"{SUBPROTOCOLS[0]}); see docs/protocol.md\n",
+            )
+        return HttpResponse.text(404, "not found\n")
+
+
+class _ConnectionsGone:
+    """Registry observer: sets the server's event when the last connection stops."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def actor_started(self, ref: Any) -> None:
+        return None
+
+    def actor_stopped(self, ref: Any, reason: Any) -> None:
+        ctx = self._server.ctx
+        if (
+            self._server._draining
+            and ctx is not None
+            and not ctx.system.registry.kinds().get("connection", 0)
+        ):
+            self._server._no_connections.set()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

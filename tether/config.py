@@ -1,0 +1,244 @@
+"""Server configuration: typed settings with documented defaults.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config``),
+environment variables ``TETHER_<NAME>`` (upper-case field name), command-line
+flags. Every field is documented in ``docs/configuration.md``; the defaults
+are what ``tether serve`` runs with on a fresh machine: one node, SQLite in the
+data folder, a secret generated on first start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "TETHER_"
+SECRET_FILE = "secret.key"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, ill-typed or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Every setting of a tether server (see docs/configuration.md).
+
+    Durations are seconds, sizes bytes. Zero for a limit means "no limit" only
+    where the field says so.
+    """
+
+    #: Address to listen on. ``0.0.0.0`` / ``::`` to accept remote clients.
+    host: str = "127.0.0.1"
+    #: TCP port for HTTP and WebSocket (0 picks a free port; tests use it).
+    port: int = 8740
+    #: The data folder: SQLite database, generated secret.
+    data_dir: Path = Path("tether-data")
+    #: SQLAlchemy URL; empty means SQLite at ``<data_dir>/tether.db``.
+    database_url: str = ""
+    #: HS256 key for client tokens (>= 32 bytes); empty means read or create
+    #: ``<data_dir>/secret.key``.
+    secret: str = ""
+    #: Accept self-issued ``dev:<user>`` identities. Never on a reachable server.
+    dev: bool = False
+    #: PEM certificate and key for TLS (both or neither).
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: Reject tokens without an ``exp`` claim.
+    require_token_expiry: bool = True
+    #: Log level name (DEBUG, INFO, WARNING, ERROR).
+    log_level: str = "INFO"
+
+    #: Server heartbeat: a ping every interval (with up to 10% jitter).
+    heartbeat_interval: float = 15.0
+    #: A connection silent for this long is closed as dead (close code 3002).
+    heartbeat_timeout: float = 35.0
+    #: After a user's last connection goes, wait this long before "offline".
+    offline_grace: float = 35.0
+    #: A connection must send ``hello`` within this many seconds (close 3005).
+    hello_timeout: float = 10.0
+
+    #: Largest frame a client may send.
+    max_frame_bytes: int = 1 << 20
+    #: Bytes queued to one connection before it is closed as a slow consumer.
+    max_outbound_bytes: int = 4 << 20
+    #: Sustained frames per second per connection, and the burst allowed.
+    max_frames_per_s: float = 50.0
+    frames_burst: int = 200
+    #: Sustained bytes per second per connection (burst: one second's worth
+    #: or one max frame, whichever is larger).
+    max_bytes_per_s: int = 1 << 20
+    #: Live connections one user may hold (devices and tabs together).
+    max_connections_per_user: int = 32
+    #: Users one connection may watch with presence.subscribe.
+    max_presence_subscriptions: int = 1000
+    #: Total connections the node accepts.
+    max_connections: int = 100_000
+    #: Seconds a graceful shutdown may take before connections are dropped.
+    shutdown_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: expected 0..65535, got {self.port}")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval must be positive")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ConfigError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must exceed "
+                f"heartbeat_interval ({self.heartbeat_interval})"
+            )
+        # A grace shorter than two heartbeats would announce offline for a
+        # client that merely missed one ping while reconnecting (cf. phoenix
+        # tracker's validate_down_period).
+        if self.offline_grace < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"offline_grace ({self.offline_grace}) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval})"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.secret and len(self.secret.encode()) < 32:
+            raise ConfigError("secret must be at least 32 bytes")
+        for name in (
+            "max_frame_bytes",
+            "max_outbound_bytes",
+            "max_connections_per_user",
+            "max_connections",
+            "frames_burst",
+            "max_bytes_per_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_frame_bytes < 16 << 10:
+            # hello carries a token of up to 8 KiB: smaller frames would lock clients out
+            raise ConfigError("max_frame_bytes must be at least 16384")
+        if self.max_outbound_bytes < self.max_frame_bytes:
+            raise ConfigError("max_outbound_bytes must be at least max_frame_bytes")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tether.db').resolve()}"
+
+    def load_secret(self) -> bytes:
+        """The token key: ``secret`` if set, else ``<data_dir>/secret.key``.
+
+        The file is created (mode 0600, 32 random bytes hex-encoded) on first
+        use, so ``tether serve`` and ``tether token`` on the same data folder
+        agree without any set-up.
+        """
+        if self.secret:
+            return self.secret.encode()
+        path = self.data_dir / SECRET_FILE
+        if path.exists():
+            value = path.read_text().strip()
+            if len(value) < 32:
+                raise ConfigError(f"{path}: secret shorter than 32 bytes")
+            return value.encode()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value.encode()
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(ServerConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ServerConfig)}
+
+
+def _coerce(name: str, raw: object, kind: type) -> object:
+    """Turn a TOML or environment value into the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)  # type: ignore[call-overload]
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)  # type: ignore[arg-type]
+        if kind is Path:
+            return Path(str(raw)).expanduser()
+        if kind is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError(raw)
+            return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+    raise ConfigError(f"{name}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> ServerConfig:
+    """Build the configuration from a TOML file, the environment and overrides.
+
+    Args:
+        file: a TOML file with top-level keys named like the fields (an
+            optional ``[server]`` table is flattened too).
+        env: environment (defaults to ``os.environ``); ``TETHER_PORT=9000``
+            sets ``port``. ``TETHER_CONFIG`` names the file when ``file`` is None.
+        overrides: values from the command line (``None`` values are skipped).
+
+    Raises:
+        ConfigError: unknown keys, ill-typed values, inconsistent settings.
+    """
+    env = os.environ if env is None else env
+    kinds = _field_types()
+    values: dict[str, object] = {}
+    if file is None and env.get(ENV_PREFIX + "CONFIG"):
+        file = Path(env[ENV_PREFIX + "CONFIG"])
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        server = data.pop("server", {})
+        if not isinstance(server, dict):
+            raise ConfigError(f"{file}: [server] must be a table")
+        data.update(server)
+        for key, raw in data.items():
+            if key not in kinds:
+                raise ConfigError(f"{file}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, kinds[key])
+    for key, kind in kinds.items():
+        raw_env = env.get(ENV_PREFIX + key.upper())
+        if raw_env is not None and key != "config":
+            values[key] = _coerce(ENV_PREFIX + key.upper(), raw_env, kind)
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if key not in kinds:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, raw, kinds[key])
+    try:
+        return ServerConfig(**values)  # type: ignore[arg-type]
+    except TypeError as exc:  # pragma: no cover - guarded by the key checks
+        raise ConfigError(str(exc)) from exc
+
+
+__all__ = ["ConfigError", "ServerConfig", "load_config"]
