@@ -183,6 +183,11 @@ class Server:
         if ctx.system.registry.kinds().get("connection", 0):
             with trio.move_on_after(self.config.shutdown_timeout):
                 await self._no_connections.wait()
+        # Receipts are coalesced in the rooms: write what is pending.
+        with trio.move_on_after(self.config.shutdown_timeout):
+            async with trio.open_nursery() as nursery:
+                for ref in ctx.system.registry.by_kind("room"):
+                    nursery.start_soon(_flush_room, ref)
 
     # -- handlers -------------------------------------------------------------
     async def _websocket(self, ws: WebSocketConnection) -> None:
@@ -242,6 +247,15 @@ class _ConnectionsGone:
             and not ctx.system.registry.kinds().get("connection", 0)
         ):
             self._server._no_connections.set()
+
+
+async def _flush_room(ref: Any) -> None:
+    try:
+        await ref.proxy().flush_receipts()
+    except ActorDeadError:
+        pass
+    except Exception as exc:
+        log.warning("receipts of %s not flushed: %r", ref, exc)
 
 
 def _url_host(host: str) -> str:

@@ -83,6 +83,23 @@ class ServerConfig:
     #: Seconds a graceful shutdown may take before connections are dropped.
     shutdown_timeout: float = 10.0
 
+    #: Whose presence a client may subscribe to: "shared-rooms" (users who
+    #: share a room or direct conversation with it) or "all".
+    presence_visibility: str = "shared-rooms"
+    #: Members of rooms up to this size are subscribed to each other's
+    #: presence automatically when a client connects (0 turns it off).
+    presence_auto_subscribe_max_members: int = 100
+    #: A typing indicator expires this long after its last refresh.
+    typing_timeout: float = 5.0
+    #: Receipt pushes and writes of one room are coalesced over this interval.
+    receipts_interval: float = 0.25
+    #: Members one room may have (room.join / room.invite beyond: error 125).
+    max_room_members: int = 10_000
+    #: Messages of one room waiting for storage at once (beyond: error 103).
+    max_pending_sends_per_room: int = 5_000
+    #: An inactive room's actor stops after this long (its state is in storage).
+    room_idle_timeout: float = 300.0
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
@@ -120,6 +137,16 @@ class ServerConfig:
             raise ConfigError("max_frame_bytes must be at least 16384")
         if self.max_outbound_bytes < self.max_frame_bytes:
             raise ConfigError("max_outbound_bytes must be at least max_frame_bytes")
+        if self.presence_visibility not in {"shared-rooms", "all"}:
+            raise ConfigError(
+                f"presence_visibility: expected 'shared-rooms' or 'all', "
+                f"got {self.presence_visibility!r}"
+            )
+        for name in ("typing_timeout", "receipts_interval", "room_idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_room_members < 2 or self.max_pending_sends_per_room < 1:
+            raise ConfigError("max_room_members must be >= 2, max_pending_sends_per_room >= 1")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 

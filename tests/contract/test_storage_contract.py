@@ -142,6 +142,21 @@ async def check_rooms_and_membership(factory: StoreFactory) -> None:
         assert await store.rooms_for_user("nobody") == []
 
 
+async def check_room_mates(factory: StoreFactory) -> None:
+    async with factory() as store:
+        await _users(store, "alice", "bob", "carol", "dave", "erin")
+        assert await store.room_mates("alice") == set()
+        await store.create_room("private", "Pair", "alice", ["bob"], now_ms=T0)
+        big = await store.create_room("public", "Big", "carol", ["alice", "dave"], now_ms=T0)
+        await store.get_or_create_direct("erin", "alice", now_ms=T0)
+        assert await store.room_mates("alice") == {"bob", "carol", "dave", "erin"}
+        assert await store.room_mates("alice", max_room_members=2) == {"bob", "erin"}
+        assert await store.room_mates("dave") == {"alice", "carol"}
+        await store.remove_member(big.id, "dave")
+        assert await store.room_mates("dave") == set()
+        assert await store.room_mates("nobody") == set()
+
+
 async def check_direct_rooms(factory: StoreFactory) -> None:
     async with factory() as store:
         await _users(store, "alice", "bob", "carol")
@@ -566,6 +581,7 @@ async def check_writes_flushed_on_close(factory: SqlStoreFactory) -> None:
 CHECKS = [
     check_users,
     check_rooms_and_membership,
+    check_room_mates,
     check_direct_rooms,
     check_append_and_dedupe,
     check_concurrent_appends,

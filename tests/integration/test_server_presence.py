@@ -27,7 +27,14 @@ from tether.client import (
     RequestError,
     connect,
 )
-from tether.testing import make_config, running_server, token
+from tether.config import ServerConfig
+from tether.testing import make_config as _make_config
+from tether.testing import running_server, token
+
+
+def make_config(data_dir: Path, **overrides: object) -> ServerConfig:
+    """These tests subscribe to users who share no room: allow it."""
+    return _make_config(data_dir, **{"presence_visibility": "all", **overrides})
 
 
 @pytest.fixture

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from tether.actors import Actor, ActorDeadError, MailboxFull, StopReason
+from tether.actors import ActorDeadError, MailboxFull, StopReason
 from tether.actors.context import ServerContext
+from tether.actors.io import IoDone, PipeToSelf
 from tether.actors.messages import (
     Attach,
     Attached,
@@ -41,19 +43,39 @@ from tether.actors.messages import (
     Watch,
 )
 from tether.actors.outbox import Outbox
+from tether.actors.room import ConnectionGone, Respond, RoomRequest, room_info, storage_error
+from tether.storage.errors import NotFound
 from tether.transport.auth import Identity, TokenError
+from tether.transport.protocol import codec
 from tether.transport.protocol.codes import DisconnectCode, ErrorCode
 from tether.transport.protocol.connection import ServerConnection
 from tether.transport.protocol.errors import RemoteProtocolError
 from tether.transport.protocol.events import (
     Bye,
     Disconnect,
+    DmOpen,
     Hello,
+    History,
+    MsgDelete,
+    MsgEdit,
+    MsgSend,
     Ping,
     Pong,
+    Presence,
     PresenceSet,
     PresenceSubscribe,
     PresenceUnsubscribe,
+    Receipt,
+    RoomAdded,
+    RoomCreate,
+    RoomInvite,
+    RoomJoin,
+    RoomLeave,
+    RoomList,
+    RoomMembers,
+    RoomRemove,
+    RoomSummaryInfo,
+    Typing,
 )
 from tether.transport.ratelimit import TokenBucket
 from tether.transport.websocket import WebSocketConnection, encode_frame
@@ -72,7 +94,7 @@ _STOP_REASONS: dict[int, StopReason] = {
 }
 
 
-class ConnectionActor(Actor):
+class ConnectionActor(PipeToSelf):
     """One client WebSocket (see the module docstring).
 
     Args:
@@ -109,6 +131,8 @@ class ConnectionActor(Actor):
         self._hello: Hello | None = None
         self._ping_n = 0
         self._deliberate = False
+        self._typing_rooms: set[str] = set()
+        self._online = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Received: self._on_received,
             Deliver: self._on_deliver,
@@ -119,6 +143,8 @@ class ConnectionActor(Actor):
             CloseConnection: self._on_close_request,
             PeerClosed: self._on_peer_closed,
             _SubscribeAnswered: self._on_subscribe_answered,
+            IoDone: self._io_done,
+            Respond: self._on_respond,
         }
 
     # -- pykka hooks ----------------------------------------------------------
@@ -137,6 +163,12 @@ class ConnectionActor(Actor):
     def on_stop(self) -> None:
         """Detach from the user and from every watched user; close the socket."""
         self.ctx.counters.connections_closed += 1
+        if self._online and self.identity is not None:
+            self.ctx.online.remove(self.identity.user_id, self.conn_id)
+            for room_id in self._typing_rooms:
+                ref = self.ctx.rooms.get(room_id)
+                if ref is not None:
+                    self._tell(ref, ConnectionGone(self.identity.user_id))
         if self._user_ref is not None:
             self._tell(self._user_ref, Detach(self.conn_id, deliberate=self._deliberate))
         for user_id in self.watching:
@@ -240,6 +272,14 @@ class ConnectionActor(Actor):
             self._on_unsubscribe(event)
         elif isinstance(event, PresenceSet):
             self._on_presence_set(event)
+        elif isinstance(event, _ROOM_REQUESTS):
+            self._to_room(event)
+        elif isinstance(event, RoomCreate):
+            self._on_room_create(event)
+        elif isinstance(event, RoomList):
+            self._on_room_list(event)
+        elif isinstance(event, DmOpen):
+            self._on_dm_open(event)
         elif isinstance(event, Bye):
             self._deliberate = True
             self._disconnect(DisconnectCode.NORMAL, "bye")
@@ -263,11 +303,33 @@ class ConnectionActor(Actor):
         self._hello = hello
         self.device = hello.device or f"conn-{self.conn_id}"
         self.session = secrets.token_urlsafe(12)
-        user = self.ctx.users.get_or_spawn(identity.user_id)
+        if identity.user_id in self.ctx.known_users:
+            self._attach()
+            return
+        # Rooms and messages refer to the user: make sure the row exists
+        # before the client can do anything (once per user per process).
+        store = self.ctx.store
+
+        def stored(_result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("connection %s: user not stored: %r", self.conn_id, error)
+                self._send(hello.error(ErrorCode.UNAVAILABLE, "storage unavailable, retry"))
+                self._disconnect(DisconnectCode.INTERNAL_ERROR, "storage unavailable")
+                return
+            self.ctx.known_users.add(identity.user_id)
+            self._attach()
+
+        self._io(lambda: store.upsert_user(identity.user_id, identity.name), stored)
+
+    def _attach(self) -> None:
+        assert self.identity is not None
+        if self.ws.closed:
+            return
+        user = self.ctx.users.get_or_spawn(self.identity.user_id)
         self._user_ref = user
         self._tell(
             user,
-            Attach(self.ref, self.conn_id, self.device, identity.name, self.outbox),
+            Attach(self.ref, self.conn_id, self.device, self.identity.name, self.outbox),
         )
 
     def _on_attached(self, _msg: Attached) -> None:
@@ -291,6 +353,10 @@ class ConnectionActor(Actor):
                 },
             )
         )
+        # Only now may pushes reach this client (none may overtake the welcome).
+        self.ctx.online.add(self.identity.user_id, self.conn_id, self.outbox)
+        self._online = True
+        self._auto_subscribe()
 
     def _on_attach_refused(self, msg: AttachRefused) -> None:
         self._user_ref = None  # never counted in
@@ -304,6 +370,30 @@ class ConnectionActor(Actor):
 
     # -- presence -------------------------------------------------------------
     def _on_subscribe(self, event: PresenceSubscribe) -> None:
+        assert self.identity is not None
+        me = self.identity.user_id
+        wanted = {u for u in event.users if u != me}
+        if self.ctx.config.presence_visibility == "all" or not wanted:
+            self._subscribe_allowed(event)
+            return
+        store = self.ctx.store
+
+        def checked(mates: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._send(storage_error(event, error))
+            elif not wanted <= mates:
+                self._send(
+                    event.error(
+                        ErrorCode.FORBIDDEN,
+                        "presence is visible only to users who share a room",
+                    )
+                )
+            else:
+                self._subscribe_allowed(event)
+
+        self._io(lambda: store.room_mates(me), checked)
+
+    def _subscribe_allowed(self, event: PresenceSubscribe) -> None:
         users = [u for u in dict.fromkeys(event.users) if u not in self.watching]
         limit = self.ctx.config.max_presence_subscriptions
         if len(self.watching) + len(users) > limit:
@@ -328,7 +418,7 @@ class ConnectionActor(Actor):
         # handler that holds the mailbox).
         self.ctx.system.nursery.start_soon(self._reply_subscribe, event, futures)
 
-    async def _reply_subscribe(self, event: PresenceSubscribe, futures: list[Any]) -> None:
+    async def _reply_subscribe(self, event: PresenceSubscribe | None, futures: list[Any]) -> None:
         snapshots = []
         for future in futures:
             try:
@@ -339,8 +429,112 @@ class ConnectionActor(Actor):
         self._tell(self.ref, _SubscribeAnswered(event, snapshots))
 
     def _on_subscribe_answered(self, msg: _SubscribeAnswered) -> None:
+        if self.ws.closed:
+            return
+        if msg.event is None:  # automatic subscription: current states as pushes
+            for snapshot in msg.snapshots:
+                self._send(Presence.from_snapshot(snapshot))
+            return
+        self._send(msg.event.reply({"users": msg.snapshots}))
+
+    def _auto_subscribe(self) -> None:
+        """Watch the members of the user's (small) rooms, as the welcome completes."""
+        limit = self.ctx.config.presence_auto_subscribe_max_members
+        if limit <= 0 or self.identity is None:
+            return
+        store = self.ctx.store
+        me = self.identity.user_id
+
+        def found(mates: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.info("connection %s: no automatic presence: %r", self.conn_id, error)
+                return
+            room = self.ctx.config.max_presence_subscriptions - len(self.watching)
+            fresh = sorted(m for m in mates if m not in self.watching)[: max(0, room)]
+            futures = []
+            for user_id in fresh:
+                self.watching.add(user_id)
+                ref = self.ctx.users.get_or_spawn(user_id)
+                futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
+            if futures:
+                self.ctx.system.nursery.start_soon(self._reply_subscribe, None, futures)
+
+        self._io(lambda: store.room_mates(me, max_room_members=limit), found)
+
+    # -- rooms ------------------------------------------------------------------
+    def _on_respond(self, msg: Respond) -> None:
         if not self.ws.closed:
-            self._send(msg.event.reply({"users": msg.snapshots}))
+            self._send(msg.event)
+
+    def _to_room(self, event: Any) -> None:
+        assert self.identity is not None
+        if isinstance(event, Typing) and event.typing:
+            self._typing_rooms.add(event.room)
+        ref = self.ctx.rooms.get_or_spawn(event.room)
+        request = RoomRequest(self.ref, self.conn_id, self.identity.user_id, self.device, event)
+        try:
+            ref.tell(request)
+        except (MailboxFull, ActorDeadError):
+            if getattr(event, "ref", None) is not None:
+                self._send(event.error(ErrorCode.RATE_LIMITED, "room busy, retry"))
+
+    def _on_room_create(self, event: RoomCreate) -> None:
+        assert self.identity is not None
+        me = self.identity.user_id
+        members = [m for m in dict.fromkeys(event.members) if m != me]
+        store = self.ctx.store
+
+        def created(record: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._send(storage_error(event, error))
+                return
+            info = room_info(record)
+            self._send(event.reply(room=info))
+            self.ctx.online.push(
+                [me, *members], _encode(RoomAdded(room=info, unread=0)), exclude=self.conn_id
+            )
+
+        self._io(lambda: store.create_room(event.kind.value, event.name, me, members), created)
+
+    def _on_room_list(self, event: RoomList) -> None:
+        assert self.identity is not None
+        store = self.ctx.store
+        me = self.identity.user_id
+
+        def listed(summaries: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._send(storage_error(event, error))
+                return
+            rooms = [
+                RoomSummaryInfo.of(room_info(s.room), read_seq=s.read_seq, unread=s.unread_count)
+                for s in summaries
+            ]
+            self._send(event.reply(rooms=rooms))
+
+        self._io(lambda: store.rooms_for_user(me), listed)
+
+    def _on_dm_open(self, event: DmOpen) -> None:
+        assert self.identity is not None
+        store = self.ctx.store
+        me = self.identity.user_id
+        asked_at_ms = int(time.time() * 1000)
+
+        def opened(record: Any, error: BaseException | None) -> None:
+            if isinstance(error, NotFound):
+                self._send(event.error(ErrorCode.NOT_FOUND, "no such user"))
+                return
+            if error is not None:
+                self._send(storage_error(event, error))
+                return
+            info = room_info(record)
+            self._send(event.reply(room=info))
+            if record.created_at_ms >= asked_at_ms - 1:
+                # Created by this request: the other side's devices learn of it.
+                self.ctx.online.push(
+                    [event.user, me], _encode(RoomAdded(room=info, unread=0)), exclude=self.conn_id
+                )
+
+        self._io(lambda: store.get_or_create_direct(me, event.user), opened)
 
     def _on_unsubscribe(self, event: PresenceUnsubscribe) -> None:
         for user_id in event.users:
@@ -384,5 +578,24 @@ class ConnectionActor(Actor):
 
 @dataclass(frozen=True, slots=True)
 class _SubscribeAnswered:
-    event: PresenceSubscribe
+    event: PresenceSubscribe | None  # None: automatic subscription at welcome
     snapshots: list[dict[str, object]]
+
+
+_ROOM_REQUESTS = (
+    RoomJoin,
+    RoomLeave,
+    RoomInvite,
+    RoomRemove,
+    RoomMembers,
+    MsgSend,
+    MsgEdit,
+    MsgDelete,
+    History,
+    Receipt,
+    Typing,
+)
+
+
+def _encode(event: Any) -> bytes:
+    return encode_frame(codec.encode(event))

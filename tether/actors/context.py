@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +16,8 @@ from tether.transport.protocol.connection import Limits
 
 if TYPE_CHECKING:
     from tether.actors import ActorRef, ActorSystem
+    from tether.actors.outbox import Outbox
+    from tether.storage.interfaces import Store
 
 log = logging.getLogger("tether.actors")
 
@@ -43,6 +45,8 @@ class Counters:
     heartbeat_timeouts: int = 0
     auth_failures: int = 0
     presence_events: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
 
 
 class UserDirectory:
@@ -184,6 +188,109 @@ class PresenceWriter:
                     nursery.start_soon(write, key, value)
 
 
+class OnlineIndex:
+    """user id → the outboxes of that user's welcomed connections (trio thread only).
+
+    Rooms fan out to every member's devices; looking the outboxes up here,
+    synchronously, spares a hop through each member's UserActor per message
+    (the role phoenix gives its Registry). Only ConnectionActors write it: a
+    connection is added right after its ``welcome`` is sent (so no push can
+    overtake the welcome) and removed when it stops.
+    """
+
+    __slots__ = ("_by_user",)
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, dict[int, Outbox]] = {}
+
+    def add(self, user_id: str, conn_id: int, outbox: Outbox) -> None:
+        """Register a welcomed connection."""
+        self._by_user.setdefault(user_id, {})[conn_id] = outbox
+
+    def remove(self, user_id: str, conn_id: int) -> None:
+        """Forget a connection (idempotent)."""
+        conns = self._by_user.get(user_id)
+        if conns is not None:
+            conns.pop(conn_id, None)
+            if not conns:
+                del self._by_user[user_id]
+
+    def outboxes(self, user_id: str) -> Iterable[Outbox]:
+        """The user's live outboxes (a snapshot is not taken: do not await while iterating)."""
+        conns = self._by_user.get(user_id)
+        return conns.values() if conns else ()
+
+    def push(self, users: Iterable[str], frame: bytes, *, exclude: int | None = None) -> int:
+        """Push ``frame`` to every connection of ``users`` except conn ``exclude``.
+
+        Returns:
+            How many connections took the frame.
+        """
+        sent = 0
+        by_user = self._by_user
+        for user_id in users:
+            conns = by_user.get(user_id)
+            if not conns:
+                continue
+            for conn_id, outbox in list(conns.items()):
+                if conn_id != exclude and outbox.push(frame):
+                    sent += 1
+        return sent
+
+    def is_online(self, user_id: str) -> bool:
+        """Whether the user has a welcomed connection."""
+        return user_id in self._by_user
+
+    def __len__(self) -> int:
+        return len(self._by_user)
+
+
+class RoomDirectory:
+    """room id → the live RoomActor; spawns on demand (trio thread only).
+
+    Same retirement rule as :class:`UserDirectory`.
+    """
+
+    __slots__ = ("_ctx", "_rooms")
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, ActorRef[Any]] = {}
+        self._ctx: ServerContext | None = None
+
+    def bind(self, ctx: ServerContext) -> None:
+        """Attach the context actors are started with (once, at server start)."""
+        self._ctx = ctx
+
+    def get(self, room_id: str) -> ActorRef[Any] | None:
+        """The live actor of ``room_id``, if any."""
+        return self._rooms.get(room_id)
+
+    def get_or_spawn(self, room_id: str) -> ActorRef[Any]:
+        """The live actor of ``room_id``, started (and loaded from storage) if needed."""
+        ref = self._rooms.get(room_id)
+        if ref is not None:
+            return ref
+        from tether.actors.room import RoomActor  # noqa: PLC0415 - room imports this module
+
+        if self._ctx is None:
+            raise RuntimeError("RoomDirectory.bind() was not called")
+        ref = self._ctx.system.spawn(RoomActor, self._ctx, room_id)
+        self._rooms[room_id] = ref
+        return ref
+
+    def adopt(self, room_id: str, ref: ActorRef[Any]) -> None:
+        """Make ``ref`` the entry again (a retiring actor that got new work)."""
+        self._rooms.setdefault(room_id, ref)
+
+    def remove(self, room_id: str, ref: ActorRef[Any]) -> None:
+        """Forget ``ref`` if it is still the entry for ``room_id``."""
+        if self._rooms.get(room_id) == ref:
+            del self._rooms[room_id]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+
 @dataclass(slots=True)
 class ServerContext:
     """Shared by every actor of one server instance (never process-global)."""
@@ -191,16 +298,21 @@ class ServerContext:
     config: ServerConfig
     system: ActorSystem
     verifier: TokenVerifier
-    store: PresenceStore
+    store: Store
     server_version: str
     presence_writer: PresenceWriter
     protocol_limits: Limits
     users: UserDirectory = field(default_factory=UserDirectory)
+    rooms: RoomDirectory = field(default_factory=RoomDirectory)
+    online: OnlineIndex = field(default_factory=OnlineIndex)
     counters: Counters = field(default_factory=Counters)
+    #: Users known to exist in storage (upserted by this process).
+    known_users: set[str] = field(default_factory=set)
     _conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.users.bind(self)
+        self.rooms.bind(self)
 
     def next_conn_id(self) -> int:
         """A server-unique connection id."""

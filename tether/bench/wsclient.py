@@ -15,7 +15,6 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Iterator
 
 import msgpack
 import trio
@@ -131,8 +130,9 @@ class LeanConnection:
             self.buf += data
             return len(data)
 
-    def feed(self) -> Iterator[bytes]:
-        """Yield complete binary payloads buffered so far."""
+    def feed(self) -> list[bytes]:
+        """Complete binary payloads buffered so far (consumed from the buffer)."""
+        out: list[bytes] = []
         buf = self.buf
         pos = 0
         end = len(buf)
@@ -156,13 +156,14 @@ class LeanConnection:
             pos += hdr + n
             opcode = b0 & 0x0F
             if opcode == 0x2:
-                yield payload
+                out.append(payload)
             elif opcode == 0x8:
                 self.close_code = int.from_bytes(payload[:2], "big") if n >= 2 else 1005
             elif opcode == 0x9:  # WebSocket ping: answer with pong
                 self.send_nowait(client_frame(payload, 0xA))
         if pos:
             del buf[:pos]
+        return out
 
     async def hello(self, token: str, device: str | None = None) -> dict[str, object]:
         """Send ``hello`` and wait for ``welcome``."""

@@ -787,6 +787,26 @@ def rooms_for_user(connection: Connection, user_id: str) -> list[RoomSummary]:
     return summaries
 
 
+def room_mates(connection: Connection, user_id: str, max_room_members: int | None) -> set[str]:
+    """Users sharing at least one room with ``user_id`` (see RoomStore.room_mates)."""
+    mine = memberships.alias("mine")
+    theirs = memberships.alias("theirs")
+    query = (
+        select(theirs.c.user_id)
+        .distinct()
+        .join(mine, mine.c.room_id == theirs.c.room_id)
+        .where(mine.c.user_id == user_id, theirs.c.user_id != user_id)
+    )
+    if max_room_members is not None:
+        sizes = (
+            select(memberships.c.room_id)
+            .group_by(memberships.c.room_id)
+            .having(func.count() <= max_room_members)
+        )
+        query = query.where(mine.c.room_id.in_(sizes))
+    return {row.user_id for row in connection.execute(query)}
+
+
 def history(
     connection: Connection,
     room_id: str,

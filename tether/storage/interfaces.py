@@ -177,6 +177,20 @@ class RoomStore(Protocol):
         """
         ...
 
+    async def room_mates(self, user_id: str, *, max_room_members: int | None = None) -> set[str]:
+        """Users who share at least one room (direct rooms included) with ``user_id``.
+
+        Args:
+            user_id: whose room mates.
+            max_room_members: only count rooms with at most this many members
+                (``None``: every room).
+
+        Returns:
+            The other users' ids (never ``user_id`` itself); empty for an
+            unknown user.
+        """
+        ...
+
 
 class MessageStore(Protocol):
     """Messages, their per-room sequence numbers, and receipts."""

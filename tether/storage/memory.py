@@ -330,6 +330,20 @@ class MemoryStore:
         summaries.sort(key=lambda s: (s.room.created_at_ms, s.room.id))
         return summaries
 
+    async def room_mates(self, user_id: str, *, max_room_members: int | None = None) -> set[str]:
+        """See :meth:`tether.storage.interfaces.RoomStore.room_mates`."""
+        check_user_id(user_id)
+        await trio.lowlevel.checkpoint()
+        mates: set[str] = set()
+        for room in self._rooms.values():
+            if user_id not in room.members:
+                continue
+            if max_room_members is not None and len(room.members) > max_room_members:
+                continue
+            mates.update(room.members)
+        mates.discard(user_id)
+        return mates
+
     # -- MessageStore -----------------------------------------------------
 
     async def append_message(

@@ -489,6 +489,10 @@ class SqlStore:
         """See :meth:`tether.storage.interfaces.RoomStore.rooms_for_user`."""
         return await self._read(ops.rooms_for_user, check_user_id(user_id))
 
+    async def room_mates(self, user_id: str, *, max_room_members: int | None = None) -> set[str]:
+        """See :meth:`tether.storage.interfaces.RoomStore.room_mates`."""
+        return await self._read(ops.room_mates, check_user_id(user_id), max_room_members)
+
     # -- MessageStore -----------------------------------------------------
 
     async def append_message(

@@ -1,0 +1,386 @@
+"""End to end: rooms and messages over real WebSockets with real SQLite.
+
+These tests speak the wire protocol with plain msgpack maps (a raw client), so
+they pin what docs/protocol.md promises client authors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+
+from tether.bench.wsclient import LeanConnection, encode
+from tether.testing import make_config, running_server, token
+
+
+class RawClient:
+    """A test client: requests by ref, pushes collected in order, pings answered."""
+
+    def __init__(self, conn: LeanConnection) -> None:
+        self.conn = conn
+        self.refs = itertools.count(100)
+        self.replies: dict[int, dict[str, Any]] = {}
+        self.reply_arrived = trio.Event()
+        self.pushes_send, self.pushes = trio.open_memory_channel[dict[str, Any]](10_000)
+
+    async def pump(self) -> None:
+        while self.conn.close_code is None and await self.conn.recv_some():
+            for payload in self.conn.feed():
+                frame = msgpack.unpackb(payload)
+                kind = frame.get("t")
+                if kind == "ping":
+                    await self.conn.send_all(encode({"t": "pong", "n": frame["n"]}))
+                elif kind in ("reply", "error") and "ref" in frame:
+                    self.replies[frame["ref"]] = frame
+                    self.reply_arrived.set()
+                    self.reply_arrived = trio.Event()
+                else:
+                    self.pushes_send.send_nowait(frame)
+
+    async def request(self, frame_type: str, /, **fields: Any) -> dict[str, Any]:
+        ref = next(self.refs)
+        await self.conn.send_all(encode({"t": frame_type, "ref": ref, **fields}))
+        while ref not in self.replies:
+            await self.reply_arrived.wait()
+        return self.replies.pop(ref)
+
+    async def ok(self, frame_type: str, /, **fields: Any) -> dict[str, Any]:
+        frame = await self.request(frame_type, **fields)
+        assert frame["t"] == "reply", frame
+        data: dict[str, Any] = frame["data"]
+        return data
+
+    async def fails(self, frame_type: str, code: int, /, **fields: Any) -> dict[str, Any]:
+        frame = await self.request(frame_type, **fields)
+        assert (frame["t"], frame.get("code")) == ("error", code), frame
+        return frame
+
+    async def send_only(self, frame_type: str, /, **fields: Any) -> None:
+        await self.conn.send_all(encode({"t": frame_type, **fields}))
+
+    async def push(self, kind: str, *, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+        """The next push of type ``kind`` whose fields equal ``match`` (others skipped)."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.pushes.receive()
+                if frame["t"] == kind and all(frame.get(k) == v for k, v in match.items()):
+                    return frame
+
+    async def nothing(self, kind: str, within: float = 0.3) -> None:
+        with trio.move_on_after(within):
+            while True:
+                frame = await self.pushes.receive()
+                if frame["t"] == kind:
+                    raise AssertionError(f"unexpected {frame}")
+
+
+@asynccontextmanager
+async def clients(url_port: int, *who: tuple[str, str]) -> AsyncIterator[list[RawClient]]:
+    """Connect (user, device) pairs; pump each until the block ends."""
+    async with trio.open_nursery() as nursery:
+        result = []
+        for user, device in who:
+            conn = await LeanConnection.open("127.0.0.1", url_port, user)
+            await conn.hello(token(user), device=device)
+            c = RawClient(conn)
+            nursery.start_soon(c.pump)
+            result.append(c)
+        try:
+            yield result
+        finally:
+            for c in result:
+                c.conn.close()
+
+
+@pytest.fixture
+def lazy_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once the process has been idle for 20 ms of real time."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+async def test_create_send_fan_out_and_multi_device(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(
+                info.port, ("alice", "laptop"), ("alice", "phone"), ("bob", "b"), ("carol", "c")
+            ) as (laptop, phone, bob, carol),
+        ):
+            room = (await laptop.ok("room.create", name="Team", kind="private", members=["bob"]))[
+                "room"
+            ]
+            assert (room["kind"], room["owner"], room["last_seq"]) == ("private", "alice", 0)
+            # the other devices learn about the room
+            assert (await phone.push("room"))["room"]["id"] == room["id"]
+            assert (await bob.push("room"))["room"]["id"] == room["id"]
+
+            ack = await laptop.ok("msg.send", room=room["id"], cid="c1", body="hello")
+            assert (ack["seq"], ack["dup"]) == (1, False)
+            for device in (phone, bob):
+                msg = await device.push("msg")
+                assert (msg["seq"], msg["sender"], msg["body"], msg["cid"]) == (
+                    1,
+                    "alice",
+                    "hello",
+                    "c1",
+                )
+            await laptop.nothing("msg")  # the sender's connection got the reply instead
+            # a non-member can neither post, read history nor see members
+            await carol.fails("msg.send", 120, room=room["id"], cid="x", body="hi")
+            await carol.fails("history", 120, room=room["id"])
+            await carol.fails("room.members", 120, room=room["id"])
+            await carol.fails("room.join", 126, room=room["id"])  # private
+            await carol.nothing("msg")
+
+
+async def test_retry_with_same_cid_is_deduplicated_across_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    with trio.fail_after(30):
+        async with running_server(config) as (_, info), clients(info.port, ("alice", "a")) as [a]:
+            room = (await a.ok("room.create", name="R", kind="public"))["room"]["id"]
+            first = await a.ok("msg.send", room=room, cid="same", body={"text": "once"})
+            again = await a.ok("msg.send", room=room, cid="same", body={"text": "once"})
+            assert (again["seq"], again["ts"], again["dup"]) == (first["seq"], first["ts"], True)
+        async with running_server(config) as (_, info), clients(info.port, ("alice", "a")) as [a]:
+            after = await a.ok("msg.send", room=room, cid="same", body={"text": "once"})
+            assert (after["seq"], after["dup"]) == (first["seq"], True)
+            page = await a.ok("history", room=room)
+            assert [m["body"] for m in page["messages"]] == [{"text": "once"}]
+
+
+async def test_ordering_under_concurrent_senders(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, *((f"u{i}", "d") for i in range(5)), ("watcher", "w")) as people,
+        ):
+            *senders, watcher = people
+            room = (await senders[0].ok("room.create", name="R", kind="public"))["room"]["id"]
+            for c in people[1:]:
+                await c.ok("room.join", room=room)
+            acks: dict[str, list[int]] = {}
+
+            async def send_many(c: RawClient, name: str) -> None:
+                acks[name] = []
+                for i in range(40):
+                    ack = await c.ok("msg.send", room=room, cid=f"{name}-{i}", body=i)
+                    acks[name].append(ack["seq"])
+
+            async with trio.open_nursery() as nursery:
+                for i, c in enumerate(senders):
+                    nursery.start_soon(send_many, c, f"u{i}")
+            seen = [(await watcher.push("msg"))["seq"] for _ in range(200)]
+            assert seen == list(range(1, 201))  # gapless, in order, once each
+            for name, seqs in acks.items():
+                assert seqs == sorted(seqs), name  # each sender's order preserved
+            all_seqs = sorted(s for seqs in acks.values() for s in seqs)
+            assert all_seqs == list(range(1, 201))
+
+
+async def test_history_paging_and_unread(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b1"), ("bob", "b2")) as (alice, b1, b2),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            for i in range(1, 26):
+                await alice.ok("msg.send", room=room, cid=str(i), body=i)
+            latest = await b1.ok("history", room=room, limit=10)
+            assert [m["seq"] for m in latest["messages"]] == list(range(16, 26))
+            assert latest["more"] is True
+            older = await b1.ok("history", room=room, before=16, limit=10)
+            assert [m["seq"] for m in older["messages"]] == list(range(6, 16))
+            oldest = await b1.ok("history", room=room, before=6, limit=10)
+            assert [m["seq"] for m in oldest["messages"]] == [1, 2, 3, 4, 5]
+            assert oldest["more"] is False
+            forward = await b1.ok("history", room=room, after=20, limit=10)
+            assert [m["seq"] for m in forward["messages"]] == [21, 22, 23, 24, 25]
+            assert forward["more"] is False
+            [summary] = (await b2.ok("room.list"))["rooms"]
+            assert (summary["unread"], summary["read_seq"]) == (25, 0)
+            # reading on one device syncs the other
+            await b1.ok("receipt", room=room, read=20)
+            for device in (b1, b2):
+                state = await device.push("read")
+                assert (state["seq"], state["unread"]) == (20, 5)
+            [summary] = (await b2.ok("room.list"))["rooms"]
+            assert summary["unread"] == 5
+
+
+async def test_receipts_per_device_coalesced(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b1"), ("bob", "b2")) as (alice, b1, b2),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            for i in range(1, 6):
+                await alice.ok("msg.send", room=room, cid=str(i), body=i)
+            await b1.send_only("receipt", room=room, delivered=3)
+            await b2.send_only("receipt", room=room, delivered=5)
+            await b1.send_only("receipt", room=room, delivered=2)  # never moves back
+            push = await alice.push("receipts")
+            [entry] = push["users"]
+            assert (entry["user"], entry["delivered"], entry["read"]) == ("bob", 5, 0)
+            members = {m["user"]: m for m in (await alice.ok("room.members", room=room))["members"]}
+            assert (members["bob"]["delivered"], members["bob"]["read"]) == (5, 0)
+            assert members["alice"]["role"] == "owner"
+            await b1.ok("receipt", room=room, read=99)  # capped at last_seq
+            push = await alice.push("receipts")
+            assert (push["users"][0]["read"], push["users"][0]["delivered"]) == (5, 5)
+
+
+async def test_typing_expires_and_clears_on_send(
+    tmp_path: Path, lazy_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(120):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b"), ("carol", "c")) as (alice, bob, carol),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            await bob.send_only("typing", room=room, typing=True)
+            assert (await alice.push("typing"))["users"] == ["bob"]
+            start = trio.current_time()
+            assert (await alice.push("typing", timeout=30))["users"] == []  # expired by itself
+            assert 5.0 <= trio.current_time() - start < 6.0
+            await bob.send_only("typing", room=room, typing=True)
+            assert (await alice.push("typing"))["users"] == ["bob"]
+            await bob.ok("msg.send", room=room, cid="m", body="done typing")
+            assert (await alice.push("typing"))["users"] == []
+            # a non-member's typing is dropped silently
+            await carol.send_only("typing", room=room, typing=True)
+            await alice.nothing("typing", within=1.0)
+
+
+async def test_typing_cleared_when_connection_drops(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            await bob.send_only("typing", room=room, typing=True)
+            assert (await alice.push("typing"))["users"] == ["bob"]
+            bob.conn.close()  # vanishes without a close frame
+            assert (await alice.push("typing"))["users"] == []
+
+
+async def test_membership_rules(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b"), ("carol", "c")) as (alice, bob, carol),
+        ):
+            public = (await alice.ok("room.create", name="Lobby", kind="public"))["room"]["id"]
+            joined = await bob.ok("room.join", room=public)
+            assert joined["room"]["id"] == public
+            assert (await alice.push("member", user="bob"))["action"] == "joined"
+            await bob.fails("room.invite", 122, room=public, user="carol")  # not the owner
+            await alice.ok("room.invite", room=public, user="carol")
+            assert (await carol.push("room"))["room"]["id"] == public
+            await alice.fails("room.leave", 104, room=public)  # the owner stays
+            await alice.fails("room.remove", 100, room=public, user="alice")
+            await alice.ok("room.remove", room=public, user="bob")
+            removed = await bob.push("member", user="bob")
+            assert removed["action"] == "removed"
+            await bob.fails("msg.send", 120, room=public, cid="x", body="still here?")
+            await carol.ok("room.leave", room=public)
+            await carol.fails("history", 120, room=public)
+            await alice.fails("room.join", 121, room="no-such-room")
+            await alice.fails("room.invite", 105, room=public, user="nobody-ever-seen")
+
+
+async def test_direct_conversations(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            dm = (await alice.ok("dm.open", user="bob"))["room"]
+            assert dm["kind"] == "direct"
+            assert (await bob.push("room"))["room"]["id"] == dm["id"]
+            assert (await bob.ok("dm.open", user="alice"))["room"]["id"] == dm["id"]
+            await alice.ok("msg.send", room=dm["id"], cid="1", body="psst")
+            assert (await bob.push("msg"))["body"] == "psst"
+            await bob.fails("room.leave", 104, room=dm["id"])
+            await alice.fails("dm.open", 105, user="stranger")
+
+
+async def test_edit_and_delete_own_messages_only(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            seq = (await alice.ok("msg.send", room=room, cid="1", body="typo"))["seq"]
+            await bob.push("msg")
+            await bob.fails("msg.edit", 124, room=room, seq=seq, body="hacked")
+            await alice.ok("msg.edit", room=room, seq=seq, body="fixed")
+            edited = await bob.push("msg.edited")
+            assert (edited["seq"], edited["body"]) == (seq, "fixed")
+            await alice.fails("msg.edit", 123, room=room, seq=99, body="x")
+            await alice.ok("msg.delete", room=room, seq=seq)
+            assert (await bob.push("msg.deleted"))["seq"] == seq
+            [message] = (await bob.ok("history", room=room))["messages"]
+            assert message["deleted"] is True
+
+
+async def test_presence_visibility_and_auto_subscription(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            await alice.fails("presence.subscribe", 104, users=["bob"])
+            await alice.ok("room.create", name="R", kind="private", members=["bob"])
+            data = await alice.ok("presence.subscribe", users=["bob"])
+            assert data["users"][0]["status"] == "online"
+            # a new device of alice watches her room mates without asking
+            async with clients(info.port, ("alice", "a2")) as [tablet]:
+                snapshot = await tablet.push("presence", user="bob")
+                assert (snapshot["status"], snapshot["devices"]) == ("online", 1)
+                async with clients(info.port, ("bob", "b2")):
+                    update = await tablet.push("presence", user="bob")
+                    assert update["devices"] == 2
+
+
+async def test_storage_outage_gives_temporary_error_then_recovers(tmp_path: Path) -> None:
+    """A locked SQLite database: sends fail with 108 (temporary), then work again."""
+    import sqlite3  # noqa: PLC0415
+
+    config = make_config(tmp_path)
+    with trio.fail_after(60):
+        async with running_server(config) as (_, info), clients(info.port, ("alice", "a")) as [a]:
+            room = (await a.ok("room.create", name="R", kind="public"))["room"]["id"]
+            await a.ok("msg.send", room=room, cid="before", body=1)
+            blocker = sqlite3.connect(tmp_path / "tether.db", timeout=0)
+            blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                frame = await a.fails("msg.send", 108, room=room, cid="during", body=2)
+                assert frame["temporary"] is True
+            finally:
+                blocker.rollback()
+                blocker.close()
+            retry = await a.ok("msg.send", room=room, cid="during", body=2)
+            assert (retry["seq"], retry["dup"]) == (2, False)

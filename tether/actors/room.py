@@ -1,0 +1,690 @@
+"""RoomActor: one per active room.
+
+It owns the room's live state (members and roles, the last sequence number,
+receipts, who is typing), enforces membership, and fans out: every push is
+encoded once and the same bytes go to every member connection through the
+:class:`~tether.actors.context.OnlineIndex` (P12).
+
+Storage work never blocks the actor: each operation runs in a task and its
+result comes back as a message (:class:`_IoDone`), so the actor keeps handling
+mail while commits are in flight and storage can group-commit many messages of
+many rooms together. Sequence numbers are assigned by storage in commit order;
+the actor delivers ``msg`` pushes strictly in that order (a small reorder
+buffer), and never before the message is committed.
+
+The actor starts on demand (a request for the room), loads its state from
+storage in ``on_start``, and retires after ``room_idle_timeout`` without
+activity, with the same no-message-lost handover as the UserActor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tether.actors import ActorDeadError, ActorRef, MailboxFull, StopReason
+from tether.actors.context import ServerContext
+from tether.actors.io import IoDone, PipeToSelf
+from tether.actors.receipts import ReceiptLog, Typists
+from tether.storage.errors import Conflict, NotFound, StorageUnavailable
+from tether.storage.records import MAX_HISTORY_LIMIT, MessageRecord, RoomRecord
+from tether.transport.protocol import codec
+from tether.transport.protocol.codec import fit_history_reply
+from tether.transport.protocol.codes import ErrorCode
+from tether.transport.protocol.events import (
+    History,
+    MemberAction,
+    MemberEvent,
+    MemberInfo,
+    MemberRole,
+    Message,
+    MessageDeleted,
+    MessageEdited,
+    MsgDelete,
+    MsgEdit,
+    MsgSend,
+    ReadState,
+    Receipt,
+    ReceiptInfo,
+    Receipts,
+    RoomAdded,
+    RoomInfo,
+    RoomInvite,
+    RoomJoin,
+    RoomKind,
+    RoomLeave,
+    RoomMembers,
+    RoomRemove,
+    Typing,
+    TypingUsers,
+)
+from tether.transport.websocket import encode_frame
+
+log = logging.getLogger("tether.room")
+
+MAX_RECEIPTS_PER_PUSH = 1000
+MAX_TYPING_PER_PUSH = 100
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch (message and room timestamps)."""
+    return int(time.time() * 1000)
+
+
+# -- messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """A client request about this room, from the connection that got it."""
+
+    connection: ActorRef[Any]
+    conn_id: int
+    user: str
+    device: str
+    event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """To a ConnectionActor: send this reply/error event to the client."""
+
+    event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionGone:
+    """A connection of ``user`` that typed in this room stopped."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class _FlushReceipts:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _TypingTick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _IdleCheck:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Retire:
+    pass
+
+
+def room_info(record: RoomRecord, last_seq: int | None = None) -> RoomInfo:
+    """The wire shape of a room."""
+    return RoomInfo(
+        id=record.id,
+        kind=RoomKind(record.kind),
+        name=record.name[:128],
+        owner=record.owner_id,
+        last_seq=record.last_seq if last_seq is None else last_seq,
+        created_at=record.created_at_ms,
+    )
+
+
+def message_shape(record: MessageRecord) -> Message:
+    """The wire shape of a stored message."""
+    return Message(
+        room=record.room_id,
+        seq=record.seq,
+        cid=record.client_id,
+        sender=record.sender_id,
+        body=record.body,
+        ts=record.created_at_ms,
+        edited_at=record.edited_at_ms,
+        deleted=record.deleted,
+    )
+
+
+def storage_error(request: Any, exc: BaseException) -> Any:
+    """Turn a storage failure into the client's error reply."""
+    if isinstance(exc, StorageUnavailable):
+        return request.error(ErrorCode.UNAVAILABLE, "storage unavailable, retry")
+    if isinstance(exc, NotFound):
+        return request.error(ErrorCode.NOT_FOUND, str(exc)[:200] or "not found")
+    if isinstance(exc, Conflict):
+        return request.error(ErrorCode.FORBIDDEN, str(exc)[:200] or "conflict")
+    log.error("storage failed: %r", exc)
+    return request.error(ErrorCode.INTERNAL, "internal error")
+
+
+class RoomActor(PipeToSelf):
+    """One active room (see the module docstring).
+
+    Args:
+        ctx: the server context.
+        room_id: the room's id.
+    """
+
+    kind = "room"
+    mailbox_size = 20_000
+
+    def __init__(self, ctx: ServerContext, room_id: str) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.room_id = room_id
+        self.record: RoomRecord | None = None
+        self.missing = False
+        self.members: dict[str, str] = {}  # user -> role
+        self.last_seq = 0
+        self.receipts = ReceiptLog()
+        self.typists = Typists()
+        self._pending_sends = 0
+        self._reorder: dict[int, Message] = {}
+        self._origin: dict[int, int] = {}  # seq -> connection that sent it
+        self._next_seq = 1
+        self._receipt_timer = False
+        self._typing_timer = False
+        self._last_activity = trio.current_time()
+        self._retiring = False
+        self.delivered_pushes = 0
+
+    # -- lifecycle ------------------------------------------------------------
+    async def on_start(self) -> None:  # type: ignore[override]  # async hooks are ours
+        """Load the room from storage (temporary task, before any message)."""
+        store = self.ctx.store
+        try:
+            self.record = await store.get_room(self.room_id)
+            members = await store.list_members(self.room_id)
+            receipts = await store.receipts(self.room_id)
+        except NotFound:
+            self.missing = True
+            return
+        except StorageUnavailable as exc:
+            # Requests are answered "unavailable" and the actor retires so the
+            # next request tries again.
+            log.warning("room %s not loaded: %r", self.room_id, exc)
+            self.missing = True
+            return
+        self.last_seq = self.record.last_seq
+        self._next_seq = self.last_seq + 1
+        self.members = {m.user_id: m.role for m in members}
+        for r in receipts:
+            self.receipts.load(
+                r.user_id, r.read_seq, {d.device_id: d.delivered_seq for d in r.devices}
+            )
+        for user in self.members:
+            self.receipts.add_member(user)
+        self.call_later(self.ctx.config.room_idle_timeout, _IdleCheck())
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch by message type."""
+        if self._retiring and isinstance(message, RoomRequest):
+            successor = self.ctx.rooms.get(self.room_id)
+            if successor is not None:
+                self._tell(successor, message)
+                return None
+            self._retiring = False
+            self.ctx.rooms.adopt(self.room_id, self.ref)
+        match message:
+            case RoomRequest():
+                self._last_activity = trio.current_time()
+                self._on_request(message)
+            case IoDone():
+                self._io_done(message)
+            case ConnectionGone():
+                if self.typists.stop(message.user):
+                    self._push_typing()
+            case _FlushReceipts():
+                self._receipt_timer = False
+                self._flush_receipts()
+            case _TypingTick():
+                self._typing_timer = False
+                if self.typists.expire(trio.current_time()):
+                    self._push_typing()
+                self._arm_typing()
+            case _IdleCheck():
+                self._on_idle_check()
+            case _Retire():
+                if self._retiring:
+                    self.stop(reason=StopReason.IDLE)
+            case _:
+                raise TypeError(f"Expected a room message, got {message!r}")
+        return None
+
+    def on_stop(self) -> None:
+        """Leave the directory; unsaved receipts are written in the background.
+
+        At server shutdown :meth:`flush_receipts` has run before (``Server``
+        drains rooms first), so nothing is left here then.
+        """
+        self.ctx.rooms.remove(self.room_id, self.ref)
+        if self.receipts.has_changes:
+            _, reads, devices = self.receipts.take_changes()
+            try:
+                self.ctx.system.nursery.start_soon(self._write_receipts, reads, devices)
+            except RuntimeError:  # the system is closing: too late to write
+                log.warning("room %s: %d receipts not saved", self.room_id, len(reads))
+
+    async def flush_receipts(self) -> None:
+        """Push and persist pending receipts now (called at graceful shutdown)."""
+        users, reads, devices = self.receipts.take_changes()
+        self._push_receipts(users)
+        if reads or devices:
+            await self._write_receipts(reads, devices)
+
+    # -- helpers --------------------------------------------------------------
+    def _tell(self, ref: ActorRef[Any], message: Any) -> None:
+        try:
+            ref.tell(message)
+        except (ActorDeadError, MailboxFull) as exc:
+            log.debug("room %s: %r dropped: %r", self.room_id, message, exc)
+
+    def _respond(self, request: RoomRequest, event: Any) -> None:
+        self._tell(request.connection, Respond(event))
+
+    def _push(self, event: Any, users: Any = None, *, exclude: int | None = None) -> int:
+        """Encode once, push to every connection of ``users`` (default: members)."""
+        frame = encode_frame(codec.encode(event))
+        sent = self.ctx.online.push(
+            self.members if users is None else users, frame, exclude=exclude
+        )
+        self.delivered_pushes += sent
+        return sent
+
+    def _member_check(self, request: RoomRequest) -> bool:
+        if self.missing:
+            self._respond(request, request.event.error(ErrorCode.ROOM_NOT_FOUND, "no such room"))
+            self._maybe_retire_missing()
+            return False
+        if request.user not in self.members:
+            self._respond(
+                request, request.event.error(ErrorCode.NOT_MEMBER, "not a member of this room")
+            )
+            return False
+        return True
+
+    def _maybe_retire_missing(self) -> None:
+        if not self._retiring:
+            self._retiring = True
+            self.ctx.rooms.remove(self.room_id, self.ref)
+            self._tell(self.ref, _Retire())
+
+    # -- requests ---------------------------------------------------------------
+    def _on_request(self, request: RoomRequest) -> None:
+        event = request.event
+        if isinstance(event, Typing):
+            if not self.missing and request.user in self.members:
+                self._on_typing(request.user, event.typing)
+            return
+        if isinstance(event, RoomJoin):
+            self._on_join(request)
+            return
+        if not self._member_check(request):
+            return
+        match event:
+            case MsgSend():
+                self._on_send(request, event)
+            case MsgEdit():
+                self._on_edit(request, event)
+            case MsgDelete():
+                self._on_delete(request, event)
+            case History():
+                self._on_history(request, event)
+            case Receipt():
+                self._on_receipt(request, event)
+            case RoomMembers():
+                self._on_members(request, event)
+            case RoomLeave():
+                self._on_leave(request, event)
+            case RoomInvite():
+                self._on_invite(request, event)
+            case RoomRemove():
+                self._on_remove(request, event)
+            case _:
+                self._respond(request, event.error(ErrorCode.UNKNOWN_TYPE, "not a room request"))
+
+    # -- messages ---------------------------------------------------------------
+    def _on_send(self, request: RoomRequest, event: MsgSend) -> None:
+        if self._pending_sends >= self.ctx.config.max_pending_sends_per_room:
+            self._respond(request, event.error(ErrorCode.RATE_LIMITED, "room busy, retry"))
+            return
+        self._pending_sends += 1
+        self.ctx.counters.messages_in += 1
+        ts = now_ms()
+        store = self.ctx.store
+
+        def append() -> Awaitable[Any]:
+            return store.append_message(self.room_id, request.user, event.cid, event.body, ts)
+
+        def done(result: Any, error: BaseException | None) -> None:
+            self._pending_sends -= 1
+            if error is not None:
+                self._respond(request, storage_error(event, error))
+                self._deliver_ready()
+                return
+            self._respond(
+                request, event.reply(seq=result.seq, ts=result.created_at_ms, dup=result.duplicate)
+            )
+            if not result.duplicate:
+                self._reorder[result.seq] = Message(
+                    room=self.room_id,
+                    seq=result.seq,
+                    cid=event.cid,
+                    sender=request.user,
+                    body=event.body,
+                    ts=result.created_at_ms,
+                )
+                self._origin[result.seq] = request.conn_id
+            if self.typists.stop(request.user):
+                self._push_typing()
+            self._deliver_ready()
+
+        self._io(append, done)
+
+    def _deliver_ready(self) -> None:
+        """Push committed messages in sequence order (see the module docstring)."""
+        reorder = self._reorder
+        while reorder:
+            message = reorder.pop(self._next_seq, None)
+            if message is None:
+                if self._pending_sends:
+                    return  # the missing seq is still being committed
+                # Nothing in flight: the gap was taken by someone else (another
+                # node); deliver what we have in order.
+                self._next_seq = min(reorder)
+                continue
+            origin = self._origin.pop(message.seq, None)
+            self._push(message, exclude=origin)
+            self.ctx.counters.messages_out += 1
+            self.last_seq = max(self.last_seq, message.seq)
+            self._next_seq = message.seq + 1
+
+    def _on_edit(self, request: RoomRequest, event: MsgEdit) -> None:
+        ts = now_ms()
+        store = self.ctx.store
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if isinstance(error, NotFound):
+                self._respond(request, event.error(ErrorCode.MESSAGE_NOT_FOUND, "no such message"))
+            elif isinstance(error, Conflict):
+                self._respond(request, event.error(ErrorCode.NOT_AUTHOR, "not your message"))
+            elif error is not None:
+                self._respond(request, storage_error(event, error))
+            else:
+                edited_at = result.edited_at_ms or ts
+                self._respond(request, event.reply(edited_at=edited_at))
+                self._push(
+                    MessageEdited(
+                        room=self.room_id, seq=event.seq, body=event.body, edited_at=edited_at
+                    ),
+                    exclude=request.conn_id,
+                )
+
+        self._io(
+            lambda: store.edit_message(self.room_id, event.seq, request.user, event.body, ts), done
+        )
+
+    def _on_delete(self, request: RoomRequest, event: MsgDelete) -> None:
+        store = self.ctx.store
+        ts = now_ms()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if isinstance(error, NotFound):
+                self._respond(request, event.error(ErrorCode.MESSAGE_NOT_FOUND, "no such message"))
+            elif isinstance(error, Conflict):
+                self._respond(request, event.error(ErrorCode.NOT_AUTHOR, "not your message"))
+            elif error is not None:
+                self._respond(request, storage_error(event, error))
+            else:
+                self._respond(request, event.reply())
+                self._push(
+                    MessageDeleted(room=self.room_id, seq=event.seq), exclude=request.conn_id
+                )
+
+        self._io(lambda: store.delete_message(self.room_id, event.seq, request.user, ts), done)
+
+    def _on_history(self, request: RoomRequest, event: History) -> None:
+        store = self.ctx.store
+        limit = event.limit
+        max_bytes = self.ctx.protocol_limits.max_frame_bytes
+        # One extra row tells whether there is more in that direction (at the
+        # storage page limit, a full page is taken to mean "maybe more").
+        fetch = min(limit + 1, MAX_HISTORY_LIMIT)
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._respond(request, storage_error(event, error))
+                return
+            records: list[MessageRecord] = result
+            more = len(records) > limit or (fetch == limit and len(records) == limit)
+            if len(records) > limit:
+                records = records[:limit] if event.forward else records[len(records) - limit :]
+            messages = [message_shape(r) for r in records]
+            self._respond(
+                request, fit_history_reply(event, messages, more=more, max_bytes=max_bytes)
+            )
+
+        self._io(
+            lambda: store.history(
+                self.room_id, before_seq=event.before, after_seq=event.after, limit=fetch
+            ),
+            done,
+        )
+
+    # -- receipts and typing ----------------------------------------------------
+    def _on_receipt(self, request: RoomRequest, event: Receipt) -> None:
+        self.receipts.ack(
+            request.user,
+            request.device,
+            delivered=event.delivered,
+            read=event.read,
+            last_seq=self.last_seq,
+        )
+        if event.ref is not None:
+            self._respond(request, event.reply())
+        if self.receipts.has_changes and not self._receipt_timer:
+            self._receipt_timer = True
+            self.call_later(self.ctx.config.receipts_interval, _FlushReceipts())
+
+    def _flush_receipts(self) -> None:
+        users, reads, devices = self.receipts.take_changes()
+        self._push_receipts(users)
+        if reads or devices:
+            self.ctx.system.nursery.start_soon(self._write_receipts, reads, devices)
+
+    def _push_receipts(self, users: list[tuple[str, int, int]]) -> None:
+        for start in range(0, len(users), MAX_RECEIPTS_PER_PUSH):
+            chunk = users[start : start + MAX_RECEIPTS_PER_PUSH]
+            self._push(
+                Receipts(
+                    room=self.room_id,
+                    users=tuple(ReceiptInfo(user=u, delivered=d, read=r) for u, d, r in chunk),
+                )
+            )
+
+    async def _write_receipts(
+        self, reads: dict[str, int], devices: dict[tuple[str, str], int]
+    ) -> None:
+        """Persist receipts, then sync each reader's devices (``read`` push)."""
+        store = self.ctx.store
+        failed: list[BaseException] = []
+
+        async def write(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+            try:
+                await fn(self.room_id, *args)
+            except (StorageUnavailable, NotFound) as exc:
+                # Unavailable: the positions are kept in memory and pushed;
+                # they are written again with the next receipt. NotFound: the
+                # member left or the room is gone meanwhile.
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for (user, device), seq in devices.items():
+                nursery.start_soon(write, store.set_delivered, user, device, seq)
+            for user, seq in reads.items():
+                nursery.start_soon(write, store.set_read, user, seq)
+        if failed:
+            log.warning("room %s: %d receipts not saved: %r", self.room_id, len(failed), failed[0])
+            return
+        for user, seq in reads.items():
+            try:
+                unread = await store.unread_count(self.room_id, user)
+            except (StorageUnavailable, NotFound):
+                continue
+            frame = encode_frame(codec.encode(ReadState(room=self.room_id, seq=seq, unread=unread)))
+            self.ctx.online.push((user,), frame)
+
+    def _on_typing(self, user: str, typing: bool) -> None:
+        if typing:
+            changed = self.typists.start(user, trio.current_time() + self.ctx.config.typing_timeout)
+            self._arm_typing()
+        else:
+            changed = self.typists.stop(user)
+        if changed:
+            self._push_typing()
+
+    def _arm_typing(self) -> None:
+        deadline = self.typists.next_deadline()
+        if deadline is not None and not self._typing_timer:
+            self._typing_timer = True
+            self.call_at(deadline, _TypingTick())
+
+    def _push_typing(self) -> None:
+        users = self.typists.users()[:MAX_TYPING_PER_PUSH]
+        self._push(TypingUsers(room=self.room_id, users=tuple(users)))
+
+    # -- membership ---------------------------------------------------------------
+    def _on_members(self, request: RoomRequest, event: RoomMembers) -> None:
+        members = []
+        for user, role in self.members.items():
+            delivered, read = self.receipts.position(user)
+            members.append(
+                MemberInfo(user=user, role=MemberRole(role), read=read, delivered=delivered)
+            )
+        self._respond(request, event.reply(members=members))
+
+    def _info(self) -> RoomInfo:
+        assert self.record is not None
+        return room_info(self.record, self.last_seq)
+
+    def _on_join(self, request: RoomRequest) -> None:
+        event: RoomJoin = request.event
+        if self.missing:
+            self._respond(request, event.error(ErrorCode.ROOM_NOT_FOUND, "no such room"))
+            self._maybe_retire_missing()
+            return
+        assert self.record is not None
+        if request.user in self.members:
+            self._respond(request, event.reply(room=self._info()))
+            return
+        if self.record.kind == "direct":
+            self._respond(
+                request, event.error(ErrorCode.FORBIDDEN, "direct rooms cannot be joined")
+            )
+            return
+        if self.record.kind != "public":
+            self._respond(request, event.error(ErrorCode.NOT_PUBLIC, "the room is not public"))
+            return
+        self._add_member(request, request.user, lambda: event.reply(room=self._info()), joined=True)
+
+    def _on_invite(self, request: RoomRequest, event: RoomInvite) -> None:
+        assert self.record is not None
+        if self.record.kind == "direct":
+            self._respond(request, event.error(ErrorCode.FORBIDDEN, "direct rooms take no guests"))
+            return
+        if self.members.get(request.user) != "owner":
+            self._respond(request, event.error(ErrorCode.NOT_OWNER, "only the owner can invite"))
+            return
+        if event.user in self.members:
+            self._respond(request, event.reply())
+            return
+        self._add_member(request, event.user, event.reply, joined=False)
+
+    def _add_member(
+        self, request: RoomRequest, user: str, reply: Callable[[], Any], *, joined: bool
+    ) -> None:
+        if len(self.members) >= self.ctx.config.max_room_members:
+            self._respond(request, request.event.error(ErrorCode.ROOM_FULL, "the room is full"))
+            return
+        store = self.ctx.store
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._respond(request, storage_error(request.event, error))
+                return
+            if user not in self.members:
+                others = list(self.members)
+                self.members[user] = "member"
+                self.receipts.add_member(user)
+                action = MemberAction.JOINED if joined else MemberAction.INVITED
+                self._push(
+                    MemberEvent(room=self.room_id, user=user, action=action),
+                    others,
+                    exclude=request.conn_id,
+                )
+                self._push(RoomAdded(room=self._info(), unread=0), (user,), exclude=request.conn_id)
+            self._respond(request, reply())
+
+        self._io(lambda: store.add_member(self.room_id, user, now_ms=now_ms()), done)
+
+    def _on_leave(self, request: RoomRequest, event: RoomLeave) -> None:
+        assert self.record is not None
+        if self.record.kind == "direct":
+            self._respond(request, event.error(ErrorCode.FORBIDDEN, "direct rooms cannot be left"))
+            return
+        if self.members.get(request.user) == "owner":
+            self._respond(request, event.error(ErrorCode.FORBIDDEN, "the owner cannot leave"))
+            return
+        self._drop_member(request, request.user, MemberAction.LEFT)
+
+    def _on_remove(self, request: RoomRequest, event: RoomRemove) -> None:
+        assert self.record is not None
+        if self.members.get(request.user) != "owner":
+            self._respond(request, event.error(ErrorCode.NOT_OWNER, "only the owner can remove"))
+            return
+        if event.user == request.user:
+            self._respond(request, event.error(ErrorCode.BAD_REQUEST, "use room.leave"))
+            return
+        if event.user not in self.members:
+            self._respond(request, event.reply())
+            return
+        self._drop_member(request, event.user, MemberAction.REMOVED)
+
+    def _drop_member(self, request: RoomRequest, user: str, action: MemberAction) -> None:
+        store = self.ctx.store
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self._respond(request, storage_error(request.event, error))
+                return
+            if user in self.members:
+                del self.members[user]
+                self.receipts.remove_member(user)
+                if self.typists.stop(user):
+                    self._push_typing()
+                # Remaining members, and the departed user's other devices.
+                self._push(
+                    MemberEvent(room=self.room_id, user=user, action=action),
+                    [*self.members, user],
+                    exclude=request.conn_id,
+                )
+            self._respond(request, request.event.reply())
+
+        self._io(lambda: store.remove_member(self.room_id, user), done)
+
+    # -- idling ---------------------------------------------------------------------
+    def _on_idle_check(self) -> None:
+        idle_for = trio.current_time() - self._last_activity
+        timeout = self.ctx.config.room_idle_timeout
+        busy = self._pending_sends or self.typists.users() or self.receipts.has_changes
+        if idle_for < timeout or busy:
+            self.call_later(max(1.0, timeout - idle_for), _IdleCheck())
+            return
+        self._retiring = True
+        self.ctx.rooms.remove(self.room_id, self.ref)
+        self._tell(self.ref, _Retire())
