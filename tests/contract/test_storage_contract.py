@@ -17,17 +17,14 @@ flush at close) are in ``SQL_CHECKS``.
 from __future__ import annotations
 
 import math
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import trio
 import trio.testing
-from sqlalchemy.pool import NullPool
 
 from tether.storage import (
     AppendResult,
@@ -42,7 +39,6 @@ from tether.storage import (
     default_url,
     open_store,
 )
-from tether.storage.database import normalise_url
 
 StoreFactory = Callable[[], AbstractAsyncContextManager[Store]]
 SqlStoreFactory = Callable[[], AbstractAsyncContextManager[SqlStore]]
@@ -605,31 +601,6 @@ SQL_CHECKS = [
 # Backends and runners
 
 TIMEOUT_S = 60
-
-
-@pytest.fixture
-def pg_schema_url(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
-    schema = f"tether_test_{secrets.token_hex(6)}"
-    base = normalise_url(postgres_url)
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = base.update_query_dict({"options": f"-csearch_path={schema}", "application_name": schema})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            # Connections of a store that failed to close would block DROP.
-            connection.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": schema},
-            )
-            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _sql_factory(url: str) -> SqlStoreFactory:

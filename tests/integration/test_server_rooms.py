@@ -350,7 +350,7 @@ async def test_presence_visibility_and_auto_subscription(tmp_path: Path) -> None
     with trio.fail_after(30):
         async with (
             running_server(make_config(tmp_path)) as (_, info),
-            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, _bob),
         ):
             await alice.fails("presence.subscribe", 104, users=["bob"])
             await alice.ok("room.create", name="R", kind="private", members=["bob"])
@@ -384,3 +384,31 @@ async def test_storage_outage_gives_temporary_error_then_recovers(tmp_path: Path
                 blocker.close()
             retry = await a.ok("msg.send", room=room, cid="during", body=2)
             assert (retry["seq"], retry["dup"]) == (2, False)
+
+
+@pytest.mark.postgresql
+async def test_messaging_on_postgresql(tmp_path: Path, pg_schema_url: str) -> None:
+    """The same server on PostgreSQL: ordering, dedupe, history, receipts."""
+    config = make_config(tmp_path, database_url=pg_schema_url)
+    with trio.fail_after(60):
+        async with (
+            running_server(config) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+
+            async def burst(c: RawClient, name: str) -> None:
+                for i in range(30):
+                    await c.ok("msg.send", room=room, cid=f"{name}{i}", body=i)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(burst, alice, "a")
+                nursery.start_soon(burst, bob, "b")
+            dup = await alice.ok("msg.send", room=room, cid="a0", body=0)
+            assert dup["dup"] is True
+            page = await bob.ok("history", room=room, limit=100)
+            assert [m["seq"] for m in page["messages"]] == list(range(1, 61))
+            await bob.ok("receipt", room=room, read=60)
+            assert (await bob.push("read"))["unread"] == 0

@@ -486,7 +486,19 @@ class RoomActor(PipeToSelf):
             last_seq=self.last_seq,
         )
         if event.ref is not None:
-            self._respond(request, event.reply())
+            # An acknowledged receipt is a stored one: flush now and answer
+            # once written, so a room.list right after the reply agrees.
+            users, reads, devices = self.receipts.take_changes()
+            self._push_receipts(users)
+
+            def written(_result: Any, error: BaseException | None) -> None:
+                if error is not None:
+                    self._respond(request, storage_error(event, error))
+                else:
+                    self._respond(request, event.reply())
+
+            self._io(lambda: self._write_receipts(reads, devices, strict=True), written)
+            return
         if self.receipts.has_changes and not self._receipt_timer:
             self._receipt_timer = True
             self.call_later(self.ctx.config.receipts_interval, _FlushReceipts())
@@ -508,9 +520,14 @@ class RoomActor(PipeToSelf):
             )
 
     async def _write_receipts(
-        self, reads: dict[str, int], devices: dict[tuple[str, str], int]
+        self, reads: dict[str, int], devices: dict[tuple[str, str], int], *, strict: bool = False
     ) -> None:
-        """Persist receipts, then sync each reader's devices (``read`` push)."""
+        """Persist receipts, then sync each reader's devices (``read`` push).
+
+        Raises:
+            StorageUnavailable: only when ``strict`` (an acknowledged receipt);
+                otherwise failures are logged and the positions stay in memory.
+        """
         store = self.ctx.store
         failed: list[BaseException] = []
 
@@ -530,6 +547,8 @@ class RoomActor(PipeToSelf):
                 nursery.start_soon(write, store.set_read, user, seq)
         if failed:
             log.warning("room %s: %d receipts not saved: %r", self.room_id, len(failed), failed[0])
+            if strict and any(isinstance(exc, StorageUnavailable) for exc in failed):
+                raise StorageUnavailable("receipts not saved")
             return
         for user, seq in reads.items():
             try:
