@@ -2,18 +2,24 @@
 
 Example::
 
-    from tether.client import connect
+    from tether.client import Message, connect
 
     async with connect("ws://127.0.0.1:8740/ws", token) as client:
-        await client.subscribe_presence(["bob"])
+        room = await client.open_dm("bob")
+        await client.send(room.id, {"text": "Train at 9?"})
         async for event in client.events():
-            print(event)
+            if isinstance(event, Message):
+                print(event.sender, event.body)
+                await client.ack(event.room, delivered=event.seq, wait=False)
 
 The client answers server heartbeats for you, watches the server's liveness
 (no frame for ``heartbeat_ms + timeout_ms`` means a dead connection), matches
-replies to requests by ``ref``, and turns errors into typed exceptions. It
-speaks the protocol exactly as ``docs/protocol.md`` documents it, with plain
-msgpack maps: it doubles as a reference client for authors in other languages.
+replies to requests by ``ref``, turns pushes into typed events and errors into
+typed exceptions, and resends a message whose send failed temporarily with
+the same ``cid`` (the server stores it once). It speaks the protocol exactly
+as ``docs/protocol.md`` documents it, with plain msgpack maps: it doubles as a
+reference client for authors in other languages. The user guide is
+``docs/client.md``.
 """
 
 from tether.client._client import (
@@ -21,13 +27,32 @@ from tether.client._client import (
     Client,
     ConnectionClosed,
     Event,
+    HandshakeError,
+    HistoryPage,
+    MalformedReply,
+    Member,
+    MemberEvent,
+    Message,
+    MessageDeletedEvent,
+    MessageEditedEvent,
+    MessageEvent,
     PresenceEvent,
+    ReadStateEvent,
+    ReceiptEntry,
+    ReceiptsEvent,
     RequestError,
+    Room,
+    RoomAddedEvent,
+    RoomKind,
+    RoomSummary,
+    SendResult,
     ServerError,
     TetherError,
+    TypingEvent,
     UnknownEvent,
     Welcome,
     connect,
+    new_cid,
 )
 
 __all__ = [
@@ -35,11 +60,30 @@ __all__ = [
     "Client",
     "ConnectionClosed",
     "Event",
+    "HandshakeError",
+    "HistoryPage",
+    "MalformedReply",
+    "Member",
+    "MemberEvent",
+    "Message",
+    "MessageDeletedEvent",
+    "MessageEditedEvent",
+    "MessageEvent",
     "PresenceEvent",
+    "ReadStateEvent",
+    "ReceiptEntry",
+    "ReceiptsEvent",
     "RequestError",
+    "Room",
+    "RoomAddedEvent",
+    "RoomKind",
+    "RoomSummary",
+    "SendResult",
     "ServerError",
     "TetherError",
+    "TypingEvent",
     "UnknownEvent",
     "Welcome",
     "connect",
+    "new_cid",
 ]
