@@ -22,6 +22,8 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+import trio
+import trio.testing
 from sqlalchemy.pool import NullPool
 
 from tether.storage.database import normalise_url
@@ -60,3 +62,31 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
             )
             connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def lazy_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 30 ms of real idleness.
+
+    For tests that combine real I/O (sockets, SQLite in worker threads) with
+    timers: the I/O completes in real time first, then heartbeats and grace
+    periods pass in no wall time. Use it together with ``ticking``.
+    """
+    return trio.testing.MockClock(autojump_threshold=0.03)
+
+
+@pytest.fixture
+async def ticking(nursery: trio.Nursery) -> None:
+    """A ticker for ``lazy_clock`` tests, so that one jump moves time by 2 s at most.
+
+    Without it, a slow real operation (say, migrations at server start on a
+    loaded machine) while no timer is pending would jump the clock straight
+    to the test's ``fail_after`` deadline. Request it with ``lazy_clock``
+    (pytest-trio takes the clock only from a synchronous fixture).
+    """
+
+    async def tick() -> None:
+        while True:  # noqa: ASYNC110 - the point is to keep a timer pending
+            await trio.sleep(2.0)
+
+    nursery.start_soon(tick)

@@ -25,8 +25,10 @@ from tether.config import ConfigError, ServerConfig, load_config
 #: Benchmark scenarios: name → module exposing add_arguments(parser) and run(args) -> dict.
 BENCHMARKS = {
     "actors": "tether.bench.actors",
+    "fanout": "tether.bench.fanout",
     "idle": "tether.bench.idle",
     "presence": "tether.bench.presence",
+    "rooms": "tether.bench.rooms",
     "store": "tether.bench.store",
 }
 

@@ -37,12 +37,6 @@ def make_config(data_dir: Path, **overrides: object) -> ServerConfig:
     return _make_config(data_dir, **{"presence_visibility": "all", **overrides})
 
 
-@pytest.fixture
-def lazy_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once the process has been idle for 20 ms of real time."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
-
-
 @asynccontextmanager
 async def client(url: str, user: str, device: str | None = None) -> AsyncIterator[Client]:
     async with connect(url, token(user), device=device) as c:
@@ -186,7 +180,9 @@ async def test_recoverable_errors_keep_the_connection(tmp_path: Path) -> None:
                 assert await c.subscribe_presence(["alice"])  # still usable
 
 
-async def test_hello_timeout(tmp_path: Path, lazy_clock: trio.testing.MockClock) -> None:
+async def test_hello_timeout(
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
+) -> None:
     with trio.fail_after(60):
         async with running_server(make_config(tmp_path, hello_timeout=5.0)) as (_, info):
             _, code = await raw_exchange(info.url, [])
@@ -232,7 +228,7 @@ async def test_too_many_connections_per_user(tmp_path: Path) -> None:
 
 
 async def test_multi_device_presence_and_grace(
-    tmp_path: Path, lazy_clock: trio.testing.MockClock
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
 ) -> None:
     """Three devices; closing some keeps online; a quick reconnect never flaps."""
     with trio.fail_after(600):
@@ -269,7 +265,7 @@ async def test_multi_device_presence_and_grace(
 
 
 async def test_vanished_client_detected_by_heartbeat(
-    tmp_path: Path, lazy_clock: trio.testing.MockClock
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
 ) -> None:
     """A half-open connection (no close, no answers) is closed after the timeout."""
     with trio.fail_after(600):
@@ -288,7 +284,7 @@ async def test_vanished_client_detected_by_heartbeat(
 
 
 async def test_heartbeats_keep_a_quiet_client_alive(
-    tmp_path: Path, lazy_clock: trio.testing.MockClock
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
 ) -> None:
     with trio.fail_after(600):
         async with running_server(make_config(tmp_path)) as (_, info):
@@ -341,7 +337,7 @@ async def test_unsubscribe_stops_events(tmp_path: Path) -> None:
 
 
 async def test_last_seen_survives_restart(
-    tmp_path: Path, lazy_clock: trio.testing.MockClock
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
 ) -> None:
     config = make_config(tmp_path)
     with trio.fail_after(600):

@@ -100,12 +100,6 @@ async def clients(url_port: int, *who: tuple[str, str]) -> AsyncIterator[list[Ra
                 c.conn.close()
 
 
-@pytest.fixture
-def lazy_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once the process has been idle for 20 ms of real time."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
-
-
 async def test_create_send_fan_out_and_multi_device(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with (
@@ -244,7 +238,7 @@ async def test_receipts_per_device_coalesced(tmp_path: Path) -> None:
 
 
 async def test_typing_expires_and_clears_on_send(
-    tmp_path: Path, lazy_clock: trio.testing.MockClock
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
 ) -> None:
     with trio.fail_after(120):
         async with (
@@ -412,3 +406,28 @@ async def test_messaging_on_postgresql(tmp_path: Path, pg_schema_url: str) -> No
             assert [m["seq"] for m in page["messages"]] == list(range(1, 61))
             await bob.ok("receipt", room=room, read=60)
             assert (await bob.push("read"))["unread"] == 0
+
+
+async def test_idle_room_actor_retires_and_reloads(
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
+) -> None:
+    config = make_config(tmp_path, room_idle_timeout=60.0)
+    with trio.fail_after(600):
+        async with (
+            running_server(config) as (server, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
+        ):
+            assert server.ctx is not None
+            room = (await alice.ok("room.create", name="R", kind="private", members=["bob"]))[
+                "room"
+            ]["id"]
+            await alice.ok("msg.send", room=room, cid="1", body="one")
+            await bob.ok("receipt", room=room, read=1)
+            assert server.ctx.system.registry.kinds().get("room") == 1
+            await trio.sleep(200)
+            assert server.ctx.system.registry.kinds().get("room", 0) == 0
+            ack = await alice.ok("msg.send", room=room, cid="2", body="two")
+            assert ack["seq"] == 2
+            assert (await bob.push("msg", seq=2))["body"] == "two"
+            members = {m["user"]: m for m in (await alice.ok("room.members", room=room))["members"]}
+            assert members["bob"]["read"] == 1  # reloaded from storage
