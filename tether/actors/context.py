@@ -237,6 +237,32 @@ class OnlineIndex:
                     sent += 1
         return sent
 
+    def push_batch(
+        self, users: Iterable[str], frames: list[bytes], origins: list[int | None]
+    ) -> int:
+        """Push several frames as one write per connection (``frames[i]`` came from
+        connection ``origins[i]``, which does not get that frame back).
+
+        Returns:
+            How many frame deliveries were made.
+        """
+        joined = b"".join(frames)
+        senders = {o for o in origins if o is not None}
+        delivered = 0
+        by_user = self._by_user
+        for user_id in users:
+            conns = by_user.get(user_id)
+            if not conns:
+                continue
+            for conn_id, outbox in list(conns.items()):
+                if conn_id in senders:
+                    own = [f for f, o in zip(frames, origins, strict=True) if o != conn_id]
+                    if own and outbox.push(b"".join(own)):
+                        delivered += len(own)
+                elif outbox.push(joined):
+                    delivered += len(frames)
+        return delivered
+
     def is_online(self, user_id: str) -> bool:
         """Whether the user has a welcomed connection."""
         return user_id in self._by_user

@@ -110,6 +110,11 @@ class _FlushReceipts:
 
 
 @dataclass(frozen=True, slots=True)
+class _FlushMessages:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class _TypingTick:
     pass
 
@@ -186,6 +191,8 @@ class RoomActor(PipeToSelf):
         self._pending_sends = 0
         self._reorder: dict[int, Message] = {}
         self._origin: dict[int, int] = {}  # seq -> connection that sent it
+        self._outgoing: list[tuple[Message, int | None]] = []
+        self._flush_queued = False
         self._next_seq = 1
         self._receipt_timer = False
         self._typing_timer = False
@@ -242,6 +249,8 @@ class RoomActor(PipeToSelf):
             case _FlushReceipts():
                 self._receipt_timer = False
                 self._flush_receipts()
+            case _FlushMessages():
+                self._flush_messages()
             case _TypingTick():
                 self._typing_timer = False
                 if self.typists.expire(trio.current_time()):
@@ -387,7 +396,13 @@ class RoomActor(PipeToSelf):
         self._io(append, done)
 
     def _deliver_ready(self) -> None:
-        """Push committed messages in sequence order (see the module docstring)."""
+        """Queue committed messages in sequence order (see the module docstring).
+
+        The pushes go out in :meth:`_flush_messages`, after the results already
+        in the mailbox: when the room is busy, several messages leave in one
+        write per connection instead of one write each (natural batching, the
+        same idea as storage's group commit).
+        """
         reorder = self._reorder
         while reorder:
             message = reorder.pop(self._next_seq, None)
@@ -398,11 +413,29 @@ class RoomActor(PipeToSelf):
                 # node); deliver what we have in order.
                 self._next_seq = min(reorder)
                 continue
-            origin = self._origin.pop(message.seq, None)
-            self._push(message, exclude=origin)
-            self.ctx.counters.messages_out += 1
+            self._outgoing.append((message, self._origin.pop(message.seq, None)))
             self.last_seq = max(self.last_seq, message.seq)
             self._next_seq = message.seq + 1
+        if self._outgoing and not self._flush_queued:
+            self._flush_queued = True
+            try:
+                self.ref.tell(_FlushMessages())
+            except MailboxFull:
+                self._flush_messages()  # no room to batch: send now
+
+    def _flush_messages(self) -> None:
+        self._flush_queued = False
+        outgoing, self._outgoing = self._outgoing, []
+        if not outgoing:
+            return
+        self.ctx.counters.messages_out += len(outgoing)
+        if len(outgoing) == 1:
+            message, origin = outgoing[0]
+            self._push(message, exclude=origin)
+            return
+        frames = [encode_frame(codec.encode(message)) for message, _ in outgoing]
+        origins = [origin for _, origin in outgoing]
+        self.delivered_pushes += self.ctx.online.push_batch(self.members, frames, origins)
 
     def _on_edit(self, request: RoomRequest, event: MsgEdit) -> None:
         ts = now_ms()
