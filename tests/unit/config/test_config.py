@@ -78,3 +78,11 @@ def test_explicit_secret_wins(tmp_path: Path) -> None:
     config = ServerConfig(data_dir=tmp_path, secret="s" * 32)
     assert config.load_secret() == b"s" * 32
     assert not (tmp_path / "secret.key").exists()
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses  # noqa: PLC0415
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in dataclasses.fields(ServerConfig) if f"`{f.name}`" not in doc]
+    assert missing == []
