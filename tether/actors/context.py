@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -49,52 +50,64 @@ class Counters:
     messages_out: int = 0
 
 
-class UserDirectory:
-    """user id → the live UserActor; spawns on demand (trio thread only).
+class ActorDirectory:
+    """key → the live actor for it (users by id, rooms by id); spawns on demand.
 
-    A UserActor that decides to stop removes itself here first, in the same
-    handler; a lookup after that spawns a fresh actor, so no message is ever
-    sent to an actor that already decided to go.
+    Trio thread only. An actor that decides to stop removes itself here first,
+    in the same handler; a lookup after that spawns a fresh actor, so no
+    message is ever sent to an actor that already decided to go (and a
+    retiring actor that still gets work can ``adopt`` its entry back).
+
+    Args:
+        actor_class: ``"module:Class"`` of the actor, imported on first use
+            (the actor modules import this one); it is started with
+            ``(ctx, key)``.
     """
 
-    __slots__ = ("_ctx", "_users")
+    __slots__ = ("_actor_class", "_actor_path", "_ctx", "_refs")
 
-    def __init__(self) -> None:
-        self._users: dict[str, ActorRef[Any]] = {}
+    def __init__(self, actor_class: str) -> None:
+        self._actor_path = actor_class
+        self._actor_class: Any = None
+        self._refs: dict[str, ActorRef[Any]] = {}
         self._ctx: ServerContext | None = None
 
     def bind(self, ctx: ServerContext) -> None:
         """Attach the context actors are started with (once, at server start)."""
         self._ctx = ctx
 
-    def get(self, user_id: str) -> ActorRef[Any] | None:
-        """The live actor of ``user_id``, if any."""
-        return self._users.get(user_id)
+    def get(self, key: str) -> ActorRef[Any] | None:
+        """The live actor for ``key``, if any."""
+        return self._refs.get(key)
 
-    def get_or_spawn(self, user_id: str) -> ActorRef[Any]:
-        """The live actor of ``user_id``, started if needed."""
-        ref = self._users.get(user_id)
+    def get_or_spawn(self, key: str) -> ActorRef[Any]:
+        """The live actor for ``key``, started if needed."""
+        ref = self._refs.get(key)
         if ref is not None:
             return ref
-        from tether.actors.user import UserActor  # noqa: PLC0415 - user imports this module
-
         if self._ctx is None:
-            raise RuntimeError("UserDirectory.bind() was not called")
-        ref = self._ctx.system.spawn(UserActor, self._ctx, user_id)
-        self._users[user_id] = ref
+            raise RuntimeError(f"{self!r}.bind() was not called")
+        if self._actor_class is None:
+            module, _, name = self._actor_path.partition(":")
+            self._actor_class = getattr(importlib.import_module(module), name)
+        ref = self._ctx.system.spawn(self._actor_class, self._ctx, key)
+        self._refs[key] = ref
         return ref
 
-    def adopt(self, user_id: str, ref: ActorRef[Any]) -> None:
+    def adopt(self, key: str, ref: ActorRef[Any]) -> None:
         """Make ``ref`` the entry again (a retiring actor that got new work)."""
-        self._users.setdefault(user_id, ref)
+        self._refs.setdefault(key, ref)
 
-    def remove(self, user_id: str, ref: ActorRef[Any]) -> None:
-        """Forget ``ref`` if it is still the entry for ``user_id``."""
-        if self._users.get(user_id) == ref:
-            del self._users[user_id]
+    def remove(self, key: str, ref: ActorRef[Any]) -> None:
+        """Forget ``ref`` if it is still the entry for ``key``."""
+        if self._refs.get(key) == ref:
+            del self._refs[key]
 
     def __len__(self) -> int:
-        return len(self._users)
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"<ActorDirectory of {self._actor_path}: {len(self._refs)} live>"
 
 
 class PresenceWriter:
@@ -271,52 +284,6 @@ class OnlineIndex:
         return len(self._by_user)
 
 
-class RoomDirectory:
-    """room id → the live RoomActor; spawns on demand (trio thread only).
-
-    Same retirement rule as :class:`UserDirectory`.
-    """
-
-    __slots__ = ("_ctx", "_rooms")
-
-    def __init__(self) -> None:
-        self._rooms: dict[str, ActorRef[Any]] = {}
-        self._ctx: ServerContext | None = None
-
-    def bind(self, ctx: ServerContext) -> None:
-        """Attach the context actors are started with (once, at server start)."""
-        self._ctx = ctx
-
-    def get(self, room_id: str) -> ActorRef[Any] | None:
-        """The live actor of ``room_id``, if any."""
-        return self._rooms.get(room_id)
-
-    def get_or_spawn(self, room_id: str) -> ActorRef[Any]:
-        """The live actor of ``room_id``, started (and loaded from storage) if needed."""
-        ref = self._rooms.get(room_id)
-        if ref is not None:
-            return ref
-        from tether.actors.room import RoomActor  # noqa: PLC0415 - room imports this module
-
-        if self._ctx is None:
-            raise RuntimeError("RoomDirectory.bind() was not called")
-        ref = self._ctx.system.spawn(RoomActor, self._ctx, room_id)
-        self._rooms[room_id] = ref
-        return ref
-
-    def adopt(self, room_id: str, ref: ActorRef[Any]) -> None:
-        """Make ``ref`` the entry again (a retiring actor that got new work)."""
-        self._rooms.setdefault(room_id, ref)
-
-    def remove(self, room_id: str, ref: ActorRef[Any]) -> None:
-        """Forget ``ref`` if it is still the entry for ``room_id``."""
-        if self._rooms.get(room_id) == ref:
-            del self._rooms[room_id]
-
-    def __len__(self) -> int:
-        return len(self._rooms)
-
-
 @dataclass(slots=True)
 class ServerContext:
     """Shared by every actor of one server instance (never process-global)."""
@@ -328,8 +295,12 @@ class ServerContext:
     server_version: str
     presence_writer: PresenceWriter
     protocol_limits: Limits
-    users: UserDirectory = field(default_factory=UserDirectory)
-    rooms: RoomDirectory = field(default_factory=RoomDirectory)
+    users: ActorDirectory = field(
+        default_factory=lambda: ActorDirectory("tether.actors.user:UserActor")
+    )
+    rooms: ActorDirectory = field(
+        default_factory=lambda: ActorDirectory("tether.actors.room:RoomActor")
+    )
     online: OnlineIndex = field(default_factory=OnlineIndex)
     counters: Counters = field(default_factory=Counters)
     #: Users known to exist in storage (upserted by this process).
