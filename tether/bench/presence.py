@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "heartbeat_timeout": args.timeout,
         "offline_grace": args.grace,
         "max_presence_subscriptions": max(1000, args.users),
+        # Observers watch users they share no room with: explicit subscriptions.
+        "presence_visibility": "all",
     }
     expected = args.timeout + args.grace
     with run_server(settings) as server:
