@@ -32,7 +32,6 @@ from tether.actors.messages import (
     Attached,
     AttachRefused,
     CloseConnection,
-    Deliver,
     Detach,
     HeartbeatTick,
     HelloDeadline,
@@ -135,7 +134,6 @@ class ConnectionActor(PipeToSelf):
         self._online = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Received: self._on_received,
-            Deliver: self._on_deliver,
             HeartbeatTick: self._on_heartbeat,
             HelloDeadline: self._on_hello_deadline,
             Attached: self._on_attached,
@@ -552,10 +550,6 @@ class ConnectionActor(PipeToSelf):
             self._send(event.reply({}))
 
     # -- pushes and timers ----------------------------------------------------
-    def _on_deliver(self, msg: Deliver) -> None:
-        if self.outbox.push(msg.frame):
-            self.ctx.counters.frames_out += 1
-
     def _on_heartbeat(self, _msg: HeartbeatTick) -> None:
         if self.ws.closed:
             return

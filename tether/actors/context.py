@@ -236,6 +236,10 @@ class OnlineIndex:
     def push(self, users: Iterable[str], frame: bytes, *, exclude: int | None = None) -> int:
         """Push ``frame`` to every connection of ``users`` except conn ``exclude``.
 
+        Iterates the live dicts without copying (this is the fan-out hot
+        path): a push never changes the index synchronously, since a
+        connection leaves it only in its own ``on_stop``.
+
         Returns:
             How many connections took the frame.
         """
@@ -245,7 +249,7 @@ class OnlineIndex:
             conns = by_user.get(user_id)
             if not conns:
                 continue
-            for conn_id, outbox in list(conns.items()):
+            for conn_id, outbox in conns.items():
                 if conn_id != exclude and outbox.push(frame):
                     sent += 1
         return sent
@@ -267,7 +271,7 @@ class OnlineIndex:
             conns = by_user.get(user_id)
             if not conns:
                 continue
-            for conn_id, outbox in list(conns.items()):
+            for conn_id, outbox in conns.items():
                 if conn_id in senders:
                     own = [f for f, o in zip(frames, origins, strict=True) if o != conn_id]
                     if own and outbox.push(b"".join(own)):

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tether.actors import ActorRef
     from tether.actors.outbox import Outbox
-    from tether.actors.presence import PresenceSnapshot
 
 
 # -- to ConnectionActor -------------------------------------------------------
@@ -52,13 +51,6 @@ class AttachRefused:
     """From the UserActor: the user is at ``max_connections_per_user``."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """A pre-encoded WebSocket frame to push to this client."""
-
-    frame: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +110,6 @@ class Unwatch:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliverToUser:
-    """A pre-encoded frame for every live connection of this user (multi-device)."""
-
-    frame: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class UserTick:
     """Timer: the user's heartbeat round (ping every connection)."""
 
@@ -151,15 +136,12 @@ __all__ = [
     "AttachRefused",
     "Attached",
     "CloseConnection",
-    "Deliver",
-    "DeliverToUser",
     "Detach",
     "GraceExpired",
     "HeartbeatTick",
     "HelloDeadline",
     "PeerClosed",
     "PresenceQuery",
-    "PresenceSnapshot",
     "Received",
     "Retire",
     "SetIdle",

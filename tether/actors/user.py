@@ -26,7 +26,6 @@ from tether.actors.messages import (
     Attach,
     Attached,
     AttachRefused,
-    DeliverToUser,
     Detach,
     GraceExpired,
     HeartbeatTick,
@@ -121,9 +120,6 @@ class UserActor(Actor):
                 self._on_tick()
             case GraceExpired():
                 self._on_grace_expired(message)
-            case DeliverToUser():
-                for conn in self.connections.values():
-                    conn.outbox.push(message.frame)
             case PresenceQuery():
                 return self.state.published
             case Retire():
