@@ -359,6 +359,22 @@ async def test_presence_visibility_and_auto_subscription(tmp_path: Path) -> None
                     assert update["devices"] == 2
 
 
+async def test_new_room_mates_watch_each_other_at_once(tmp_path: Path) -> None:
+    """Joining, creating or opening a DM starts presence watching without a reconnect."""
+    with trio.fail_after(30):
+        async with (
+            running_server(make_config(tmp_path)) as (_, info),
+            clients(info.port, ("alice", "a"), ("bob", "b"), ("carol", "c")) as (alice, bob, carol),
+        ):
+            await alice.ok("room.create", name="R", kind="public", members=["bob"])
+            assert (await alice.push("presence", user="bob"))["status"] == "online"
+            assert (await bob.push("presence", user="alice"))["status"] == "online"
+            await carol.ok("dm.open", user="alice")
+            assert (await carol.push("presence", user="alice"))["status"] == "online"
+            assert (await alice.push("presence", user="carol"))["status"] == "online"
+            await carol.ok("presence.subscribe", users=["alice"])  # now allowed, too
+
+
 async def test_storage_outage_gives_temporary_error_then_recovers(tmp_path: Path) -> None:
     """A locked SQLite database: sends fail with 108 (temporary), then work again."""
     import sqlite3  # noqa: PLC0415

@@ -31,6 +31,7 @@ from tether.actors.messages import (
     Attach,
     Attached,
     AttachRefused,
+    AutoWatch,
     CloseConnection,
     Detach,
     HeartbeatTick,
@@ -114,7 +115,7 @@ class ConnectionActor(PipeToSelf):
         self.conn_id = conn_id
         config = ctx.config
         self.protocol = ServerConnection(limits=ctx.protocol_limits)
-        self.outbox = Outbox(conn_id, ws, self._overflowed)
+        self.outbox = Outbox(conn_id, ws, self._overflowed, owner=self.ref)
         now = trio.current_time()
         self.last_activity = now
         self._frames = TokenBucket(config.max_frames_per_s, config.frames_burst, now)
@@ -142,6 +143,7 @@ class ConnectionActor(PipeToSelf):
             PeerClosed: self._on_peer_closed,
             _SubscribeAnswered: self._on_subscribe_answered,
             IoDone: self._io_done,
+            AutoWatch: self._on_auto_watch,
             Respond: self._on_respond,
         }
 
@@ -447,17 +449,25 @@ class ConnectionActor(PipeToSelf):
             if error is not None:
                 log.info("connection %s: no automatic presence: %r", self.conn_id, error)
                 return
-            room = self.ctx.config.max_presence_subscriptions - len(self.watching)
-            fresh = sorted(m for m in mates if m not in self.watching)[: max(0, room)]
-            futures = []
-            for user_id in fresh:
-                self.watching.add(user_id)
-                ref = self.ctx.users.get_or_spawn(user_id)
-                futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
-            if futures:
-                self.ctx.system.nursery.start_soon(self._reply_subscribe, None, futures)
+            self._watch_quietly(mates)
 
         self._io(lambda: store.room_mates(me, max_room_members=limit), found)
+
+    def _on_auto_watch(self, msg: AutoWatch) -> None:
+        if not self.ws.closed:
+            self._watch_quietly(msg.users)
+
+    def _watch_quietly(self, users: Any) -> None:
+        """Watch ``users`` (room mates) and push their current state (no reply)."""
+        room = self.ctx.config.max_presence_subscriptions - len(self.watching)
+        fresh = sorted(u for u in users if u not in self.watching)[: max(0, room)]
+        futures = []
+        for user_id in fresh:
+            self.watching.add(user_id)
+            ref = self.ctx.users.get_or_spawn(user_id)
+            futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
+        if futures:
+            self.ctx.system.nursery.start_soon(self._reply_subscribe, None, futures)
 
     # -- rooms ------------------------------------------------------------------
     def _on_respond(self, msg: Respond) -> None:
@@ -490,6 +500,9 @@ class ConnectionActor(PipeToSelf):
             self._send(event.reply(room=info))
             self.ctx.online.push(
                 [me, *members], _encode(RoomAdded(room=info, unread=0)), exclude=self.conn_id
+            )
+            self.ctx.online.introduce(
+                [me, *members], members, self.ctx.config.presence_auto_subscribe_max_members
             )
 
         self._io(lambda: store.create_room(event.kind.value, event.name, me, members), created)
@@ -530,6 +543,11 @@ class ConnectionActor(PipeToSelf):
                 # Created by this request: the other side's devices learn of it.
                 self.ctx.online.push(
                     [event.user, me], _encode(RoomAdded(room=info, unread=0)), exclude=self.conn_id
+                )
+                self.ctx.online.introduce(
+                    [me, event.user],
+                    [event.user],
+                    self.ctx.config.presence_auto_subscribe_max_members,
                 )
 
         self._io(lambda: store.get_or_create_direct(me, event.user), opened)

@@ -280,6 +280,29 @@ class OnlineIndex:
                     delivered += len(frames)
         return delivered
 
+    def introduce(self, members: Iterable[str], newcomers: Iterable[str], max_members: int) -> None:
+        """Newcomers joined a room of ``members`` (newcomers included): if the
+        room is small enough, their online connections and the members' start
+        watching each other's presence (see ``presence_auto_subscribe_max_members``).
+        """
+        from tether.actors.messages import AutoWatch  # noqa: PLC0415 - messages imports us
+
+        everyone = list(dict.fromkeys(members))
+        fresh = set(newcomers)
+        if not fresh or len(everyone) > max_members:
+            return
+        for user_id in everyone:
+            others = [u for u in (everyone if user_id in fresh else fresh) if u != user_id]
+            if not others:
+                continue
+            message = AutoWatch(tuple(others))
+            for outbox in self.outboxes(user_id):
+                if outbox.owner is not None:
+                    try:
+                        outbox.owner.tell(message)
+                    except Exception as exc:  # dead or full: presence is best effort here
+                        log.debug("auto-watch to %r dropped: %r", outbox.owner, exc)
+
     def is_online(self, user_id: str) -> bool:
         """Whether the user has a welcomed connection."""
         return user_id in self._by_user

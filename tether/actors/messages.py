@@ -61,6 +61,13 @@ class CloseConnection:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class AutoWatch:
+    """These users now share a small room with this connection's user: watch them."""
+
+    users: tuple[str, ...]
+
+
 # -- to UserActor -------------------------------------------------------------
 
 
@@ -135,6 +142,7 @@ __all__ = [
     "Attach",
     "AttachRefused",
     "Attached",
+    "AutoWatch",
     "CloseConnection",
     "Detach",
     "GraceExpired",

@@ -13,7 +13,7 @@ Outboxes are used only on the trio thread (every actor runs there).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from tether.transport.websocket import SendQueueFull
 
@@ -35,12 +35,22 @@ class Outbox:
         sink: the WebSocket to write to.
         on_overflow: called once when a push finds the outbound queue full;
             it must close the connection (the outbox stops accepting frames).
+        owner: the ref of the connection actor that owns the outbox.
     """
 
-    __slots__ = ("_on_overflow", "_sink", "conn_id", "overflowed", "pushed")
+    __slots__ = ("_on_overflow", "_sink", "conn_id", "overflowed", "owner", "pushed")
 
-    def __init__(self, conn_id: int, sink: FrameSink, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        sink: FrameSink,
+        on_overflow: Callable[[], None],
+        owner: Any = None,
+    ) -> None:
         self.conn_id = conn_id
+        #: The ConnectionActor's ref, for actors that found this outbox in the
+        #: OnlineIndex and need to tell the connection something.
+        self.owner = owner
         self._sink = sink
         self._on_overflow = on_overflow
         self.overflowed = False

@@ -680,6 +680,9 @@ class RoomActor(PipeToSelf):
                     exclude=request.conn_id,
                 )
                 self._push(RoomAdded(room=self._info(), unread=0), (user,), exclude=request.conn_id)
+                self.ctx.online.introduce(
+                    self.members, (user,), self.ctx.config.presence_auto_subscribe_max_members
+                )
             self._respond(request, reply())
 
         self._io(lambda: store.add_member(self.room_id, user, now_ms=now_ms()), done)
