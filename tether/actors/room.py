@@ -167,6 +167,15 @@ def storage_error(request: Any, exc: BaseException) -> Any:
     return request.error(ErrorCode.INTERNAL, "internal error")
 
 
+def _own_message_error(request: Any, exc: BaseException) -> Any:
+    """The error reply for a failed edit or delete of one's own message."""
+    if isinstance(exc, NotFound):
+        return request.error(ErrorCode.MESSAGE_NOT_FOUND, "no such message")
+    if isinstance(exc, Conflict):
+        return request.error(ErrorCode.NOT_AUTHOR, "not your message")
+    return storage_error(request, exc)
+
+
 class RoomActor(PipeToSelf):
     """One active room (see the module docstring).
 
@@ -442,12 +451,8 @@ class RoomActor(PipeToSelf):
         store = self.ctx.store
 
         def done(result: Any, error: BaseException | None) -> None:
-            if isinstance(error, NotFound):
-                self._respond(request, event.error(ErrorCode.MESSAGE_NOT_FOUND, "no such message"))
-            elif isinstance(error, Conflict):
-                self._respond(request, event.error(ErrorCode.NOT_AUTHOR, "not your message"))
-            elif error is not None:
-                self._respond(request, storage_error(event, error))
+            if error is not None:
+                self._respond(request, _own_message_error(event, error))
             else:
                 edited_at = result.edited_at_ms or ts
                 self._respond(request, event.reply(edited_at=edited_at))
@@ -467,12 +472,8 @@ class RoomActor(PipeToSelf):
         ts = now_ms()
 
         def done(result: Any, error: BaseException | None) -> None:
-            if isinstance(error, NotFound):
-                self._respond(request, event.error(ErrorCode.MESSAGE_NOT_FOUND, "no such message"))
-            elif isinstance(error, Conflict):
-                self._respond(request, event.error(ErrorCode.NOT_AUTHOR, "not your message"))
-            elif error is not None:
-                self._respond(request, storage_error(event, error))
+            if error is not None:
+                self._respond(request, _own_message_error(event, error))
             else:
                 self._respond(request, event.reply())
                 self._push(
