@@ -30,9 +30,11 @@ from tether.storage import (
     AppendResult,
     Conflict,
     DeviceReceipt,
+    LimitExceeded,
     MemberReceipts,
     MemoryStore,
     NotFound,
+    SessionRecord,
     SqlStore,
     StorageUnavailable,
     Store,
@@ -467,6 +469,195 @@ async def check_argument_validation(factory: StoreFactory) -> None:
         await store.append_message(room.id, "alice", "c" * 64, "x", T0)
 
 
+async def _room_ids(store: Store, user_id: str) -> set[str]:
+    return {summary.room.id for summary in await store.rooms_for_user(user_id)}
+
+
+async def check_room_limit(factory: StoreFactory) -> None:
+    async with factory() as store:
+        await _users(store, "alice", "bob", "carol", "dave", "erin")
+        r1 = await store.create_room("public", "r1", "alice", ["bob"], max_rooms_per_user=2)
+        r2 = await store.create_room("public", "r2", "alice", max_rooms_per_user=2)
+        assert await _room_ids(store, "alice") == {r1.id, r2.id}
+
+        # The owner at the limit: LimitExceeded names her, nothing is created.
+        with pytest.raises(LimitExceeded) as caught:
+            await store.create_room("public", "r3", "alice", ["bob"], max_rooms_per_user=2)
+        assert (caught.value.user_id, caught.value.limit) == ("alice", 2)
+        assert str(caught.value) == "'alice' would be a member of more than 2 rooms"
+        assert await _room_ids(store, "alice") == {r1.id, r2.id}
+        assert await _room_ids(store, "bob") == {r1.id}
+        # A listed member at the limit: the same, and the others are not added.
+        with pytest.raises(LimitExceeded) as caught:
+            await store.create_room(
+                "private", "r3", "carol", ["bob", "alice"], max_rooms_per_user=2
+            )
+        assert caught.value.user_id == "alice"
+        assert await _room_ids(store, "carol") == set()
+        assert await _room_ids(store, "bob") == {r1.id}
+        # Several at the limit: the owner is named first, then members in order.
+        await store.add_member(r2.id, "bob")
+        with pytest.raises(LimitExceeded) as caught:
+            await store.create_room("public", "r3", "bob", ["alice"], max_rooms_per_user=2)
+        assert caught.value.user_id == "bob"
+        with pytest.raises(LimitExceeded) as caught:
+            await store.create_room("public", "r3", "carol", ["bob", "alice"], max_rooms_per_user=2)
+        assert caught.value.user_id == "bob"
+        # No limit (the default) and a higher limit let the same call through.
+        r3 = await store.create_room("public", "r3", "alice", max_rooms_per_user=3)
+        r4 = await store.create_room("public", "r4", "alice")
+        assert await _room_ids(store, "alice") == {r1.id, r2.id, r3.id, r4.id}
+
+        # add_member: an existing member stays a no-op, whatever the limit.
+        assert await store.add_member(r1.id, "alice", max_rooms_per_user=0) is False
+        carols = await store.create_room("public", "c", "carol", max_rooms_per_user=1)
+        with pytest.raises(LimitExceeded) as caught:
+            await store.add_member(carols.id, "alice", max_rooms_per_user=4)
+        assert (caught.value.user_id, caught.value.limit) == ("alice", 4)
+        assert [m.user_id for m in await store.list_members(carols.id)] == ["carol"]
+        assert "alice" not in await store.room_mates("carol")
+        assert await store.add_member(carols.id, "dave", max_rooms_per_user=1) is True
+        # Leaving a room makes room under the limit again.
+        await store.remove_member(r2.id, "bob")
+        assert await store.add_member(r3.id, "bob", max_rooms_per_user=2) is True
+        with pytest.raises(LimitExceeded):
+            await store.add_member(r4.id, "bob", max_rooms_per_user=2)
+        # NotFound and Conflict come before the limit.
+        with pytest.raises(NotFound):
+            await store.add_member(r1.id, "nobody", max_rooms_per_user=0)
+        with pytest.raises(NotFound):
+            await store.add_member("no-such-room", "alice", max_rooms_per_user=0)
+        with pytest.raises(NotFound):
+            await store.create_room("public", "x", "alice", ["nobody"], max_rooms_per_user=0)
+        direct = await store.get_or_create_direct("erin", "carol")
+        with pytest.raises(Conflict):
+            await store.add_member(direct.id, "dave", max_rooms_per_user=0)
+
+        # Direct rooms: a new one counts for both users, a checks first ...
+        assert len(await _room_ids(store, "erin")) == 1
+        with pytest.raises(LimitExceeded) as caught:
+            await store.get_or_create_direct("alice", "erin", max_rooms_per_user=1)
+        assert caught.value.user_id == "alice"
+        with pytest.raises(LimitExceeded) as caught:
+            await store.get_or_create_direct("dave", "erin", max_rooms_per_user=1)
+        assert caught.value.user_id == "dave"
+        with pytest.raises(LimitExceeded) as caught:
+            await store.get_or_create_direct("erin", "dave", max_rooms_per_user=1)
+        assert caught.value.user_id == "erin"
+        assert await _room_ids(store, "erin") == {direct.id}
+        assert len(await _room_ids(store, "dave")) == 1
+        with pytest.raises(NotFound):
+            await store.get_or_create_direct("alice", "nobody", max_rooms_per_user=0)
+        # ... an existing one is returned even past the limit ...
+        assert await store.get_or_create_direct("carol", "erin", max_rooms_per_user=0) == direct
+        # ... and a room with oneself counts once.
+        await _users(store, "frank")
+        alone = await store.get_or_create_direct("frank", "frank", max_rooms_per_user=1)
+        assert await _room_ids(store, "frank") == {alone.id}
+        with pytest.raises(LimitExceeded):
+            await store.get_or_create_direct("frank", "erin", max_rooms_per_user=1)
+
+        for call in (
+            store.create_room("public", "x", "alice", max_rooms_per_user=-1),
+            store.add_member(r1.id, "carol", max_rooms_per_user=-1),
+            store.get_or_create_direct("alice", "carol", max_rooms_per_user=-1),
+        ):
+            with pytest.raises(ValueError, match=r"^Expected max_rooms_per_user in 0\.\."):
+                await call
+        with pytest.raises(ValueError, match=r"^Expected max_rooms_per_user to be an int"):
+            await store.add_member(r1.id, "carol", max_rooms_per_user=True)
+        assert await _room_ids(store, "carol") == {carols.id, direct.id}
+
+
+def _session(
+    session_id: str = "s1",
+    user_id: str = "alice",
+    device_id: str = "phone",
+    watching: tuple[str, ...] = ("bob", "carol"),
+    updated_at_ms: int = T0,
+) -> SessionRecord:
+    return SessionRecord(session_id, user_id, device_id, watching, updated_at_ms)
+
+
+async def check_sessions(factory: StoreFactory) -> None:
+    # Ids a JSON (or SQL) encoding must carry through unchanged.
+    awkward = ("élodie", "雪", 'quo"te', "back\\slash", "[1]", "null", "a,b", "x" * 128)
+    async with factory() as store:
+        assert await store.load_session("s1") is None
+        # The user need not be stored: sessions are keyed by id alone.
+        first = _session()
+        await store.save_session(first)
+        assert await store.load_session("s1") == first
+        # An upsert: same id, every other field replaced.
+        replaced = _session(user_id="ghost", device_id="web", watching=(), updated_at_ms=T0 + 5)
+        await store.save_session(replaced)
+        assert await store.load_session("s1") == replaced
+        many = _session("s2", watching=tuple(f"u{n}" for n in range(1000)), updated_at_ms=T0 + 9)
+        await store.save_session(many)
+        odd = _session("s" * 128, device_id="d" * 64, watching=awkward, updated_at_ms=T0 + 10)
+        await store.save_session(odd)
+        loaded = await store.load_session("s2")
+        assert loaded == many
+        assert loaded is not None
+        assert loaded.watching[:3] == ("u0", "u1", "u2")  # order is kept
+        assert await store.load_session("s" * 128) == odd
+    async with factory() as store:  # a restart, for persistent stores
+        assert await store.load_session("s1") == replaced
+        assert await store.load_session("s" * 128) == odd
+        # Strictly before: a session saved at the cut-off stays.
+        assert await store.delete_sessions(updated_before_ms=T0 + 9) == 1
+        assert await store.load_session("s1") is None
+        assert await store.load_session("s2") == many
+        assert await store.delete_sessions(updated_before_ms=T0 + 9) == 0
+        assert await store.delete_sessions(updated_before_ms=T0 + 11) == 2
+        assert await store.load_session("s2") is None
+        assert await store.load_session("s" * 128) is None
+        # Saving again after a delete inserts afresh.
+        await store.save_session(first)
+        assert await store.load_session("s1") == first
+
+
+async def check_session_validation(factory: StoreFactory) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"session_id": ""}, r"^Expected a non-empty session id$"),
+        ({"session_id": "s" * 129}, r"^Expected session id of at most 128 characters, got 129$"),
+        ({"user_id": ""}, r"^Expected a non-empty user_id$"),
+        ({"user_id": "u" * 129}, r"^Expected user_id of at most 128 characters, got 129$"),
+        ({"device_id": ""}, r"^Expected a non-empty device_id$"),
+        ({"device_id": "d" * 65}, r"^Expected device_id of at most 64 characters, got 65$"),
+        ({"watching": ("u",) * 1001}, r"^Expected watching of at most 1000 user ids, got 1001$"),
+        ({"watching": ("bob", "")}, r"^Expected a non-empty watching$"),
+        ({"watching": ("w" * 129,)}, r"^Expected watching of at most 128 characters, got 129$"),
+        ({"watching": ("a\x00b",)}, r"^Expected watching without NUL characters$"),
+        ({"watching": ["bob"]}, r"^Expected watching to be a tuple of user ids, got list$"),
+        ({"watching": "bob"}, r"^Expected watching to be a tuple of user ids, got str$"),
+        ({"updated_at_ms": -1}, r"^Expected updated_at_ms in 0\.\."),
+        ({"updated_at_ms": 1.5}, r"^Expected updated_at_ms to be an int, got float$"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _session(**fields)
+    async with factory() as store:
+        # A record changed behind the frozen dataclass's back is refused too.
+        tampered = _session()
+        object.__setattr__(tampered, "device_id", "d" * 65)
+        with pytest.raises(ValueError, match=r"^Expected device_id of at most 64 characters"):
+            await store.save_session(tampered)
+        with pytest.raises(ValueError, match=r"^Expected a SessionRecord, got tuple$"):
+            await store.save_session(("s1", "alice", "phone", (), T0))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^Expected a non-empty session id$"):
+            await store.load_session("")
+        with pytest.raises(ValueError, match=r"^Expected session id of at most 128 characters"):
+            await store.load_session("s" * 129)
+        with pytest.raises(ValueError, match=r"^Expected updated_before_ms in 0\.\."):
+            await store.delete_sessions(updated_before_ms=-1)
+        assert await store.load_session("s1") is None  # nothing was saved
+        # Exactly at the limits is fine.
+        edge = _session("s" * 128, "u" * 128, "d" * 64, ("w" * 128,) * 1000, 2**63 - 1)
+        await store.save_session(edge)
+        assert await store.load_session("s" * 128) == edge
+
+
 # ---------------------------------------------------------------------------
 # SQL stores only
 
@@ -552,6 +743,51 @@ async def check_batch_isolates_failures(factory: SqlStoreFactory) -> None:
         }
 
 
+async def check_batch_isolates_limit_exceeded(factory: SqlStoreFactory) -> None:
+    """A LimitExceeded fails its op only; the count sees earlier ops of the batch."""
+    async with factory() as store:
+        await _users(store, "alice", "bob", "carol")
+        rooms = [
+            (await store.create_room("public", f"r{n}", "alice", now_ms=T0)).id for n in range(3)
+        ]
+        await store.add_member(rooms[0], "bob")
+        outcomes: dict[str, object] = {}
+
+        async def attempt(name: str, call: Callable[[], Awaitable[object]]) -> None:
+            try:
+                outcomes[name] = await call()
+            except LimitExceeded as exc:
+                outcomes[name] = exc.user_id
+
+        async with trio.open_nursery() as nursery:
+            # bob is in 1 room; with a limit of 2 only one of the two adds fits.
+            nursery.start_soon(
+                attempt, "bob1", lambda: store.add_member(rooms[1], "bob", max_rooms_per_user=2)
+            )
+            nursery.start_soon(
+                attempt, "bob2", lambda: store.add_member(rooms[2], "bob", max_rooms_per_user=2)
+            )
+            nursery.start_soon(
+                attempt, "append", lambda: store.append_message(rooms[0], "bob", "b1", 1, T0)
+            )
+            nursery.start_soon(
+                attempt,
+                "create",
+                lambda: store.create_room("public", "x", "carol", ["alice"], max_rooms_per_user=3),
+            )
+            nursery.start_soon(
+                attempt, "carol", lambda: store.add_member(rooms[0], "carol", max_rooms_per_user=1)
+            )
+        assert store.statistics().last_batch_size == 5
+        assert sorted(map(str, (outcomes["bob1"], outcomes["bob2"]))) == ["True", "bob"]
+        assert outcomes["append"] == AppendResult(1, T0, duplicate=False)
+        assert outcomes["create"] == "alice"
+        assert outcomes["carol"] is True
+        assert len(await store.rooms_for_user("bob")) == 2
+        assert len(await store.rooms_for_user("alice")) == 3
+        assert [s.room.id for s in await store.rooms_for_user("carol")] == [rooms[0]]
+
+
 async def check_writes_flushed_on_close(factory: SqlStoreFactory) -> None:
     async with factory() as store:
         await _users(store, "alice")
@@ -587,12 +823,16 @@ CHECKS = [
     check_edit_and_delete,
     check_receipts_and_unread,
     check_argument_validation,
+    check_room_limit,
+    check_sessions,
+    check_session_validation,
 ]
 
 #: Checks for SQL stores (group commit and its failure semantics).
 SQL_CHECKS = [
     check_group_commit_batches,
     check_batch_isolates_failures,
+    check_batch_isolates_limit_exceeded,
     check_writes_flushed_on_close,
 ]
 

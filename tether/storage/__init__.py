@@ -1,6 +1,6 @@
-"""Persistence for tether: users, rooms, memberships, messages and receipts.
+"""Persistence for tether: users, rooms, memberships, messages, receipts, sessions.
 
-The API is three ``typing.Protocol`` classes (:mod:`.interfaces`), combined
+The API is four ``typing.Protocol`` classes (:mod:`.interfaces`), combined
 as :class:`Store`, with two implementations held to one contract suite:
 
 * :func:`open_store` / :class:`SqlStore`: SQLite (default, a file in the data
@@ -12,8 +12,14 @@ Errors form the tree documented in :mod:`.errors`; records and limits are in
 """
 
 from tether.storage.database import create_engine_for, default_url
-from tether.storage.errors import Conflict, NotFound, StorageError, StorageUnavailable
-from tether.storage.interfaces import MessageStore, RoomStore, Store, UserStore
+from tether.storage.errors import (
+    Conflict,
+    LimitExceeded,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
+from tether.storage.interfaces import MessageStore, RoomStore, SessionStore, Store, UserStore
 from tether.storage.memory import MemoryStore
 from tether.storage.migrate import current_revision, head_revision, upgrade
 from tether.storage.records import (
@@ -22,6 +28,8 @@ from tether.storage.records import (
     MAX_HISTORY_LIMIT,
     MAX_NAME_LENGTH,
     MAX_ROOM_ID_LENGTH,
+    MAX_SESSION_ID_LENGTH,
+    MAX_SESSION_WATCHING,
     MAX_USER_ID_LENGTH,
     AppendResult,
     DeviceReceipt,
@@ -32,6 +40,7 @@ from tether.storage.records import (
     RoomKind,
     RoomRecord,
     RoomSummary,
+    SessionRecord,
     UserRecord,
 )
 from tether.storage.sql import SqlStore, StoreStatistics, open_store
@@ -42,10 +51,13 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "MAX_NAME_LENGTH",
     "MAX_ROOM_ID_LENGTH",
+    "MAX_SESSION_ID_LENGTH",
+    "MAX_SESSION_WATCHING",
     "MAX_USER_ID_LENGTH",
     "AppendResult",
     "Conflict",
     "DeviceReceipt",
+    "LimitExceeded",
     "MemberReceipts",
     "MemberRecord",
     "MemoryStore",
@@ -57,6 +69,8 @@ __all__ = [
     "RoomRecord",
     "RoomStore",
     "RoomSummary",
+    "SessionRecord",
+    "SessionStore",
     "SqlStore",
     "StorageError",
     "StorageUnavailable",

@@ -21,8 +21,11 @@ from tether.storage.records import (
     MAX_NAME_LENGTH,
     MAX_ROOM_ID_LENGTH,
     MAX_SEQ,
+    MAX_SESSION_ID_LENGTH,
+    MAX_SESSION_WATCHING,
     MAX_USER_ID_LENGTH,
     RoomKind,
+    SessionRecord,
 )
 
 #: Kinds ``create_room`` accepts (direct rooms come from ``get_or_create_direct``).
@@ -93,6 +96,11 @@ def check_device_id(value: object) -> str:
     return check_text("device_id", value, MAX_DEVICE_ID_LENGTH)
 
 
+def check_session_id(value: object) -> str:
+    """Check a session id (1..128 characters)."""
+    return check_text("session id", value, MAX_SESSION_ID_LENGTH)
+
+
 def check_int(what: str, value: object, *, minimum: int = 0) -> int:
     """Check an integer argument lies in ``minimum..MAX_SEQ``.
 
@@ -134,6 +142,48 @@ def check_user_ids(values: Iterable[str], what: str = "user_ids") -> list[str]:
     if isinstance(values, str | bytes):
         raise ValueError(f"Expected {what} to be a collection of ids, got a single string")
     return list(dict.fromkeys(check_user_id(v, what) for v in values))
+
+
+def check_max_rooms(value: int | None) -> int | None:
+    """Check an optional ``max_rooms_per_user`` (None: no limit; else 0..MAX_SEQ)."""
+    return None if value is None else check_int("max_rooms_per_user", value)
+
+
+def check_session_fields(session: SessionRecord) -> None:
+    """Check the fields of a session against the limits of :class:`SessionRecord`.
+
+    Raises:
+      ValueError: a field is malformed or over its limit.
+    """
+    check_session_id(session.id)
+    check_user_id(session.user_id)
+    check_device_id(session.device_id)
+    watching = session.watching
+    if not isinstance(watching, tuple):
+        raise ValueError(
+            f"Expected watching to be a tuple of user ids, got {type(watching).__name__}"
+        )
+    if len(watching) > MAX_SESSION_WATCHING:
+        raise ValueError(
+            f"Expected watching of at most {MAX_SESSION_WATCHING} user ids, got {len(watching)}"
+        )
+    for user_id in watching:
+        check_user_id(user_id, "watching")
+    check_int("updated_at_ms", session.updated_at_ms)
+
+
+def check_session(value: object) -> SessionRecord:
+    """Check a ``save_session`` argument (a SessionRecord within its limits).
+
+    Raises:
+      ValueError: not a SessionRecord, or a field is malformed.
+    """
+    if not isinstance(value, SessionRecord):
+        raise ValueError(f"Expected a SessionRecord, got {type(value).__name__}")
+    # Checked at construction too; again here so that a record changed with
+    # object.__setattr__ cannot slip past the limits.
+    check_session_fields(value)
+    return value
 
 
 def check_history_args(before_seq: int | None, after_seq: int | None, limit: int) -> None:

@@ -7,7 +7,7 @@ are vectorised (a handful of statements per run, whatever its length), every
 other write runs one op after the other.
 
 Failure isolation inside a batch: an executor reports an op's own logical
-failure (NotFound, Conflict, ValueError) as a :class:`Failed` value, and it
+failure (NotFound, Conflict, LimitExceeded) as a :class:`Failed` value, and it
 must detect it *before* that op writes anything, so the shared transaction
 stays clean without a savepoint per op. Anything an executor raises instead
 (an IntegrityError from a race with another node, a bug) aborts the whole
@@ -24,6 +24,7 @@ and the memory store by code point.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,12 +43,14 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from tether.storage._common import unpack_body
 from tether.storage.database import WRITE_OPTION
 from tether.storage.errors import (
     Conflict,
+    LimitExceeded,
     NotFound,
     StorageUnavailable,
     map_exception,
@@ -64,6 +67,7 @@ from tether.storage.records import (
     RoomKind,
     RoomRecord,
     RoomSummary,
+    SessionRecord,
     UserRecord,
 )
 
@@ -74,6 +78,7 @@ rooms: Final[Table] = Base.metadata.tables["rooms"]
 memberships: Final[Table] = Base.metadata.tables["memberships"]
 messages: Final[Table] = Base.metadata.tables["messages"]
 device_receipts: Final[Table] = Base.metadata.tables["device_receipts"]
+sessions: Final[Table] = Base.metadata.tables["sessions"]
 
 # Bound on the items of one IN list: SQLite allows 32,766 parameters per
 # statement, PostgreSQL 65,535; a key of the dedupe lookup takes three.
@@ -192,14 +197,15 @@ def run_each(
 ) -> list[object]:
     """Executor for ops that are plain callables, run one after the other.
 
-    The callables raise NotFound or Conflict only before their first write;
-    anything else they raise aborts the attempt (see :func:`execute_batch`).
+    The callables raise NotFound, Conflict or LimitExceeded only before their
+    first write; anything else they raise aborts the attempt (see
+    :func:`execute_batch`).
     """
     results: list[object] = []
     for call in calls:
         try:
             results.append(call(connection))
-        except (NotFound, Conflict) as exc:
+        except (NotFound, Conflict, LimitExceeded) as exc:
             results.append(Failed(exc))
     return results
 
@@ -262,6 +268,17 @@ _SELECT_ROOM_SEQS = (
     .with_for_update()
 )
 _SELECT_USER_IDS = select(users.c.id).where(users.c.id.in_(bindparam("ids", expanding=True)))
+# The room limit: lock the users' rows (PostgreSQL) so that two nodes adding
+# the same user to rooms count one after the other, in id order against
+# deadlocks. NO KEY UPDATE: foreign-key checks of other inserts (messages,
+# memberships naming the user) take KEY SHARE locks and must not wait on it.
+_LOCK_USER_IDS = _SELECT_USER_IDS.order_by(users.c.id).with_for_update(key_share=True)
+#: Rooms per user, for ``max_rooms_per_user``: served by ix_memberships_user_id.
+COUNT_ROOMS = (
+    select(memberships.c.user_id, func.count())
+    .where(memberships.c.user_id.in_(bindparam("ids", expanding=True)))
+    .group_by(memberships.c.user_id)
+)
 _SELECT_STORED = select(
     messages.c.room_id,
     messages.c.sender_id,
@@ -295,11 +312,31 @@ _UPDATE_LAST_SEQ = (
 )
 
 
-def _existing_user_ids(connection: Connection, user_ids: Sequence[str]) -> set[str]:
+def _existing_user_ids(
+    connection: Connection, user_ids: Sequence[str], *, lock: bool = False
+) -> set[str]:
+    """The ids among ``user_ids`` that are stored; ``lock``: row-lock them too."""
     found: set[str] = set()
+    if lock:
+        user_ids = sorted(user_ids)  # chunks in order, so locks are taken in order
+    statement = _LOCK_USER_IDS if lock else _SELECT_USER_IDS
     for chunk in _chunks(user_ids):
-        found.update(connection.execute(_SELECT_USER_IDS, {"ids": list(chunk)}).scalars())
+        found.update(connection.execute(statement, {"ids": list(chunk)}).scalars())
     return found
+
+
+def _check_room_limit(connection: Connection, user_ids: Sequence[str], limit: int) -> None:
+    """LimitExceeded for the first of ``user_ids`` already in ``limit`` rooms.
+
+    Call with the users' rows locked (``_existing_user_ids(..., lock=True)``)
+    and before the op's first write.
+    """
+    counts: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(user_ids))):
+        counts.update(connection.execute(COUNT_ROOMS, {"ids": list(chunk)}).all())
+    for user_id in user_ids:
+        if counts.get(user_id, 0) >= limit:
+            raise LimitExceeded(user_id, limit)
 
 
 def _stored_keys(
@@ -520,14 +557,17 @@ def create_room(
     owner_id: str,
     members: Sequence[str],
     now_ms: int,
+    max_rooms_per_user: int | None,
 ) -> RoomRecord:
     """Insert a public or private room with its owner and members."""
     others = [user_id for user_id in members if user_id != owner_id]
     wanted = [owner_id, *others]
-    found = _existing_user_ids(connection, wanted)
+    found = _existing_user_ids(connection, wanted, lock=max_rooms_per_user is not None)
     for user_id in wanted:
         if user_id not in found:
             raise NotFound(f"No such user: {user_id!r}")
+    if max_rooms_per_user is not None:
+        _check_room_limit(connection, wanted, max_rooms_per_user)
     record = RoomRecord(room_id, kind, name, owner_id, now_ms, 0, None)
     connection.execute(
         rooms.insert().values(
@@ -545,16 +585,25 @@ def create_room(
 
 
 def get_or_create_direct(
-    connection: Connection, *, room_id: str, key: str, a: str, b: str, now_ms: int
+    connection: Connection,
+    *,
+    room_id: str,
+    key: str,
+    a: str,
+    b: str,
+    now_ms: int,
+    max_rooms_per_user: int | None,
 ) -> RoomRecord:
     """The direct room with ``key``; created as ``room_id`` if missing."""
     row = connection.execute(select(rooms).where(rooms.c.direct_key == key)).one_or_none()
     if row is not None:
         return _room_record(row)
-    found = _existing_user_ids(connection, [a, b])
+    found = _existing_user_ids(connection, [a, b], lock=max_rooms_per_user is not None)
     for user_id in (a, b):
         if user_id not in found:
             raise NotFound(f"No such user: {user_id!r}")
+    if max_rooms_per_user is not None:
+        _check_room_limit(connection, [a] if a == b else [a, b], max_rooms_per_user)
     connection.execute(
         rooms.insert().values(
             id=room_id,
@@ -577,14 +626,26 @@ def _membership_exists(connection: Connection, room_id: str, user_id: str) -> bo
     return connection.execute(query).first() is not None
 
 
-def add_member(connection: Connection, *, room_id: str, user_id: str, now_ms: int) -> bool:
+def add_member(
+    connection: Connection,
+    *,
+    room_id: str,
+    user_id: str,
+    now_ms: int,
+    max_rooms_per_user: int | None,
+) -> bool:
     """Add a member to a public or private room; False if already one."""
     room = _get_room_row(connection, room_id)
     if room.kind == "direct":
         raise Conflict(f"Cannot add members to direct room {room_id!r}")
-    _require_user(connection, user_id)
+    if max_rooms_per_user is None:
+        _require_user(connection, user_id)
+    elif not _existing_user_ids(connection, [user_id], lock=True):
+        raise NotFound(f"No such user: {user_id!r}")
     if _membership_exists(connection, room_id, user_id):
         return False
+    if max_rooms_per_user is not None:
+        _check_room_limit(connection, [user_id], max_rooms_per_user)
     connection.execute(
         memberships.insert().values(
             room_id=room_id, user_id=user_id, role="member", joined_at_ms=now_ms, read_seq=0
@@ -712,6 +773,46 @@ def set_delivered(
     return target
 
 
+def save_session(connection: Connection, *, session: SessionRecord) -> None:
+    """Insert the session or replace the stored one with its id (one upsert)."""
+    values = {
+        "id": session.id,
+        "user_id": session.user_id,
+        "device_id": session.device_id,
+        "watching": encode_watching(session.watching),
+        "updated_at_ms": session.updated_at_ms,
+    }
+    # A native upsert rather than select-then-insert: two nodes saving the
+    # same session cannot collide on the primary key.
+    changed = {name: value for name, value in values.items() if name != "id"}
+    if connection.dialect.name == "postgresql":
+        pg_statement = postgresql.insert(sessions).values(values)
+        connection.execute(pg_statement.on_conflict_do_update(index_elements=["id"], set_=changed))
+    else:
+        lite_statement = sqlite.insert(sessions).values(values)
+        connection.execute(
+            lite_statement.on_conflict_do_update(index_elements=["id"], set_=changed)
+        )
+
+
+def delete_sessions(connection: Connection, *, updated_before_ms: int) -> int:
+    """Delete sessions last saved before ``updated_before_ms``; how many."""
+    result = connection.execute(
+        sessions.delete().where(sessions.c.updated_at_ms < updated_before_ms)
+    )
+    return int(result.rowcount)
+
+
+def encode_watching(watching: Sequence[str]) -> str:
+    """The ``sessions.watching`` column: a compact JSON array of the ids."""
+    return json.dumps(list(watching), ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_watching(text: str) -> tuple[str, ...]:
+    """Inverse of :func:`encode_watching`."""
+    return tuple(json.loads(text))
+
+
 # ---------------------------------------------------------------------------
 # Reads (reader threads, each in its own read transaction)
 
@@ -736,6 +837,16 @@ def get_last_seen(connection: Connection, user_ids: Sequence[str]) -> dict[str, 
 def get_room(connection: Connection, room_id: str) -> RoomRecord:
     """The room, or NotFound."""
     return _room_record(_get_room_row(connection, room_id))
+
+
+def load_session(connection: Connection, session_id: str) -> SessionRecord | None:
+    """The stored session, or None."""
+    row = connection.execute(select(sessions).where(sessions.c.id == session_id)).one_or_none()
+    if row is None:
+        return None
+    return SessionRecord(
+        row.id, row.user_id, row.device_id, decode_watching(row.watching), row.updated_at_ms
+    )
 
 
 def find_direct(connection: Connection, key: str) -> RoomRecord | None:

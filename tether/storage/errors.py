@@ -10,7 +10,9 @@ The hierarchy::
      ├─ Conflict                 (the operation contradicts stored state: a uniqueness
      │                            violation, or an actor acting on what is not its own,
      │                            e.g. editing another user's message)
-     └─ NotFound                 (a room, user, membership or message does not exist)
+     ├─ NotFound                 (a room, user, membership or message does not exist)
+     └─ LimitExceeded            (the operation would put a user in more rooms than the
+                                  caller's max_rooms_per_user allows; nothing changed)
 
 Malformed arguments (an over-long id, a negative sequence number, an unknown
 room kind) are caller bugs and raise :class:`ValueError` before anything is
@@ -35,6 +37,7 @@ from sqlalchemy import exc as sa_exc
 
 __all__ = [
     "Conflict",
+    "LimitExceeded",
     "NotFound",
     "StorageError",
     "StorageUnavailable",
@@ -64,6 +67,29 @@ class Conflict(StorageError):
 
 class NotFound(StorageError):
     """The room, user, membership or message the operation names does not exist."""
+
+
+class LimitExceeded(StorageError):
+    """The operation would make a user a member of more rooms than allowed.
+
+    Raised by ``create_room``, ``get_or_create_direct`` and ``add_member``
+    when given ``max_rooms_per_user``; nothing of the operation took effect.
+
+    Attributes:
+      user_id: the user who already is in ``limit`` rooms or more (the first
+        such user, in argument order, when several are).
+      limit: the ``max_rooms_per_user`` of the call.
+    """
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        """Record who is at the limit; ``args`` is ``(user_id, limit)``."""
+        super().__init__(user_id, limit)
+        self.user_id = user_id
+        self.limit = limit
+
+    def __str__(self) -> str:
+        """The message: who is at which limit."""
+        return f"{self.user_id!r} would be a member of more than {self.limit} rooms"
 
 
 # SQLite reports lock contention as OperationalError already; the message

@@ -15,8 +15,9 @@ Common rules for every method:
 * ``ValueError``: a malformed argument (see :mod:`tether.storage.records` for
   the limits); raised before anything is queued. This is a caller bug.
 * :class:`~tether.storage.errors.StorageUnavailable`: temporary; nothing was
-  done; retry later. :class:`~tether.storage.errors.NotFound` and
-  :class:`~tether.storage.errors.Conflict` as documented per method.
+  done; retry later. :class:`~tether.storage.errors.NotFound`,
+  :class:`~tether.storage.errors.Conflict` and
+  :class:`~tether.storage.errors.LimitExceeded` as documented per method.
 * ``now_ms`` arguments are Unix milliseconds; where optional, None means the
   current wall-clock time.
 * Cancellation: a cancelled read had no effect. A cancelled write may still
@@ -37,10 +38,11 @@ from tether.storage.records import (
     RoomKind,
     RoomRecord,
     RoomSummary,
+    SessionRecord,
     UserRecord,
 )
 
-__all__ = ["MessageStore", "RoomStore", "Store", "UserStore"]
+__all__ = ["MessageStore", "RoomStore", "SessionStore", "Store", "UserStore"]
 
 
 class UserStore(Protocol):
@@ -99,6 +101,7 @@ class RoomStore(Protocol):
         members: Iterable[str] = (),
         *,
         now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """Create a public or private room with a fresh id.
 
@@ -109,10 +112,16 @@ class RoomStore(Protocol):
           members: further users to add with role "member" (repeats and the
             owner are ignored).
           now_ms: creation time, also every membership's join time.
+          max_rooms_per_user: most rooms the owner and each member may be in
+            once the room exists (None: no limit). Counted in the same
+            transaction as the insert.
 
         Raises:
-          ValueError: kind is "direct" or unknown.
+          ValueError: kind is "direct" or unknown; ``max_rooms_per_user`` negative.
           NotFound: the owner or a member does not exist (nothing is created).
+          LimitExceeded: the owner or a member is already in
+            ``max_rooms_per_user`` rooms (nothing is created; checked after
+            NotFound; names the first such user, owner first).
         """
         ...
 
@@ -125,27 +134,60 @@ class RoomStore(Protocol):
         ...
 
     async def get_or_create_direct(
-        self, a: str, b: str, *, now_ms: int | None = None
+        self,
+        a: str,
+        b: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """The one direct room of users ``a`` and ``b``, created on first use.
 
         ``(a, b)`` and ``(b, a)`` name the same room. On creation ``a`` is the
         owner and ``b`` a member; ``a == b`` gives a room with one member.
 
+        Args:
+          a, b: the two users.
+          now_ms: creation time (ignored if the room exists).
+          max_rooms_per_user: on creation, most rooms ``a`` and ``b`` may be in
+            once the room exists (None: no limit). An existing room is
+            returned whatever the users' room counts.
+
         Raises:
+          ValueError: ``max_rooms_per_user`` negative.
           NotFound: a user does not exist (only checked on creation).
+          LimitExceeded: on creation, ``a`` or ``b`` is already in
+            ``max_rooms_per_user`` rooms (nothing is created; ``a`` checked
+            first).
         """
         ...
 
-    async def add_member(self, room_id: str, user_id: str, *, now_ms: int | None = None) -> bool:
+    async def add_member(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
+    ) -> bool:
         """Add a user to a public or private room with role "member".
+
+        Args:
+          room_id: the room.
+          user_id: the user to add.
+          now_ms: join time.
+          max_rooms_per_user: most rooms the user may be in once added (None:
+            no limit); not applied when the user already is a member.
 
         Returns:
           True if added, False if the user was already a member (unchanged).
 
         Raises:
+          ValueError: ``max_rooms_per_user`` negative.
           NotFound: no such room or user.
           Conflict: the room is a direct room (its members are fixed).
+          LimitExceeded: the user is not a member and already is in
+            ``max_rooms_per_user`` rooms (nothing changed).
         """
         ...
 
@@ -313,5 +355,38 @@ class MessageStore(Protocol):
         ...
 
 
-class Store(UserStore, RoomStore, MessageStore, Protocol):
+class SessionStore(Protocol):
+    """Resumable sessions: a reconnecting client's presence subscriptions.
+
+    Sessions are keyed by id alone; ``user_id`` is not checked against the
+    stored users (saving never raises NotFound).
+    """
+
+    async def save_session(self, session: SessionRecord) -> None:
+        """Store the session, replacing any stored one with the same id.
+
+        Raises:
+          ValueError: not a :class:`~tether.storage.records.SessionRecord`, or
+            a field over its limits.
+        """
+        ...
+
+    async def load_session(self, session_id: str) -> SessionRecord | None:
+        """The stored session with this id, or None.
+
+        Raises:
+          ValueError: ``session_id`` empty or longer than 128 characters.
+        """
+        ...
+
+    async def delete_sessions(self, *, updated_before_ms: int) -> int:
+        """Delete every session with ``updated_at_ms < updated_before_ms``.
+
+        Returns:
+          How many sessions were deleted.
+        """
+        ...
+
+
+class Store(UserStore, RoomStore, MessageStore, SessionStore, Protocol):
     """Everything a tether server stores: what both implementations provide."""

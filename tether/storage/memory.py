@@ -24,9 +24,12 @@ from tether.storage._common import (
     check_history_args,
     check_int,
     check_kind,
+    check_max_rooms,
     check_name,
     check_now,
     check_room_id,
+    check_session,
+    check_session_id,
     check_user_id,
     check_user_ids,
     direct_key,
@@ -34,7 +37,7 @@ from tether.storage._common import (
     pack_body,
     unpack_body,
 )
-from tether.storage.errors import Conflict, NotFound
+from tether.storage.errors import Conflict, LimitExceeded, NotFound
 from tether.storage.records import (
     AppendResult,
     DeviceReceipt,
@@ -45,6 +48,7 @@ from tether.storage.records import (
     RoomKind,
     RoomRecord,
     RoomSummary,
+    SessionRecord,
     UserRecord,
 )
 
@@ -127,6 +131,9 @@ class MemoryStore:
         self._users: dict[str, _User] = {}
         self._rooms: dict[str, _Room] = {}
         self._direct: dict[str, str] = {}
+        # user id -> how many rooms the user is a member of (max_rooms_per_user).
+        self._room_counts: dict[str, int] = {}
+        self._sessions: dict[str, SessionRecord] = {}
 
     # -- helpers ----------------------------------------------------------
 
@@ -155,6 +162,20 @@ class MemoryStore:
         if message.sender_id != sender_id:
             raise Conflict(f"Message {seq} in room {room_id!r} was not sent by {sender_id!r}")
         return message
+
+    def _check_room_limit(self, user_ids: Iterable[str], limit: int | None) -> None:
+        if limit is None:
+            return
+        for user_id in user_ids:
+            if self._room_counts.get(user_id, 0) >= limit:
+                raise LimitExceeded(user_id, limit)
+
+    def _joined(self, user_id: str, delta: int) -> None:
+        count = self._room_counts.get(user_id, 0) + delta
+        if count:
+            self._room_counts[user_id] = count
+        else:
+            del self._room_counts[user_id]
 
     @staticmethod
     def _unread(room: _Room, user_id: str, read_seq: int) -> int:
@@ -225,6 +246,8 @@ class MemoryStore:
         room.members[owner_id] = _Member("owner", now)
         for user_id in others:
             room.members[user_id] = _Member("member", now)
+        for user_id in room.members:
+            self._joined(user_id, 1)
         self._rooms[room.id] = room
         if key is not None:
             self._direct[key] = room.id
@@ -238,6 +261,7 @@ class MemoryStore:
         members: Iterable[str] = (),
         *,
         now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """See :meth:`tether.storage.interfaces.RoomStore.create_room`."""
         checked_kind = check_kind(kind)
@@ -245,9 +269,11 @@ class MemoryStore:
         check_user_id(owner_id, "owner_id")
         others = [u for u in check_user_ids(members, "members") if u != owner_id]
         now = check_now(now_ms)
+        limit = check_max_rooms(max_rooms_per_user)
         await trio.lowlevel.checkpoint()
         for user_id in (owner_id, *others):
             self._require_user(user_id)
+        self._check_room_limit((owner_id, *others), limit)
         return self._insert_room(
             kind=checked_kind, name=name, owner_id=owner_id, others=others, now=now, key=None
         ).record()
@@ -259,26 +285,41 @@ class MemoryStore:
         return self._room(room_id).record()
 
     async def get_or_create_direct(
-        self, a: str, b: str, *, now_ms: int | None = None
+        self,
+        a: str,
+        b: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """See :meth:`tether.storage.interfaces.RoomStore.get_or_create_direct`."""
         key = direct_key(check_user_id(a, "a"), check_user_id(b, "b"))
         now = check_now(now_ms)
+        limit = check_max_rooms(max_rooms_per_user)
         await trio.lowlevel.checkpoint()
         room_id = self._direct.get(key)
         if room_id is not None:
             return self._rooms[room_id].record()
         self._require_user(a)
         self._require_user(b)
+        self._check_room_limit(dict.fromkeys((a, b)), limit)
         return self._insert_room(
             kind="direct", name="", owner_id=a, others=[b] if b != a else [], now=now, key=key
         ).record()
 
-    async def add_member(self, room_id: str, user_id: str, *, now_ms: int | None = None) -> bool:
+    async def add_member(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
+    ) -> bool:
         """See :meth:`tether.storage.interfaces.RoomStore.add_member`."""
         check_room_id(room_id)
         check_user_id(user_id)
         now = check_now(now_ms)
+        limit = check_max_rooms(max_rooms_per_user)
         await trio.lowlevel.checkpoint()
         room = self._room(room_id)
         if room.kind == "direct":
@@ -286,7 +327,9 @@ class MemoryStore:
         self._require_user(user_id)
         if user_id in room.members:
             return False
+        self._check_room_limit((user_id,), limit)
         room.members[user_id] = _Member("member", now)
+        self._joined(user_id, 1)
         return True
 
     async def remove_member(self, room_id: str, user_id: str) -> bool:
@@ -299,7 +342,10 @@ class MemoryStore:
             raise Conflict(f"Cannot remove members from direct room {room_id!r}")
         if user_id == room.owner_id:
             raise Conflict(f"Cannot remove the owner of room {room_id!r}")
-        return room.members.pop(user_id, None) is not None
+        if room.members.pop(user_id, None) is None:
+            return False
+        self._joined(user_id, -1)
+        return True
 
     async def list_members(self, room_id: str) -> list[MemberRecord]:
         """See :meth:`tether.storage.interfaces.RoomStore.list_members`."""
@@ -476,3 +522,31 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         room, member = self._member(room_id, user_id)
         return self._unread(room, user_id, member.read_seq)
+
+    # -- SessionStore -----------------------------------------------------
+
+    async def save_session(self, session: SessionRecord) -> None:
+        """See :meth:`tether.storage.interfaces.SessionStore.save_session`."""
+        check_session(session)
+        await trio.lowlevel.checkpoint()
+        # Frozen, with a tuple of str: the caller cannot change it behind our back.
+        self._sessions[session.id] = session
+
+    async def load_session(self, session_id: str) -> SessionRecord | None:
+        """See :meth:`tether.storage.interfaces.SessionStore.load_session`."""
+        check_session_id(session_id)
+        await trio.lowlevel.checkpoint()
+        return self._sessions.get(session_id)
+
+    async def delete_sessions(self, *, updated_before_ms: int) -> int:
+        """See :meth:`tether.storage.interfaces.SessionStore.delete_sessions`."""
+        check_int("updated_before_ms", updated_before_ms)
+        await trio.lowlevel.checkpoint()
+        stale = [
+            session_id
+            for session_id, session in self._sessions.items()
+            if session.updated_at_ms < updated_before_ms
+        ]
+        for session_id in stale:
+            del self._sessions[session_id]
+        return len(stale)

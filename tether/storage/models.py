@@ -1,8 +1,8 @@
 """SQLAlchemy 2.0 declarative models: the schema of a tether database.
 
 The models describe the schema; the migrations in ``migrations/versions``
-create it (revision ``0001`` creates everything here), and a unit test checks
-that the migrated database and these models agree. The store itself runs Core
+create it (revision ``0001`` the messaging tables, ``0002`` the sessions),
+and a unit test checks that the migrated database and these models agree. The store itself runs Core
 statements against ``Model.__table__``: the ORM's unit of work would cost
 more per row than the whole group-committed insert.
 
@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     false,
 )
@@ -32,10 +33,11 @@ from tether.storage.records import (
     MAX_DEVICE_ID_LENGTH,
     MAX_NAME_LENGTH,
     MAX_ROOM_ID_LENGTH,
+    MAX_SESSION_ID_LENGTH,
     MAX_USER_ID_LENGTH,
 )
 
-__all__ = ["Base", "DeviceReceipt", "Membership", "Message", "Room", "User"]
+__all__ = ["Base", "DeviceReceipt", "Membership", "Message", "Room", "Session", "User"]
 
 # Deterministic constraint names, so that later migrations can refer to them
 # on both backends (SQLite has no names of its own for unnamed constraints).
@@ -92,7 +94,8 @@ class Membership(Base):
     __tablename__ = "memberships"
     __table_args__ = (
         CheckConstraint("role IN ('owner', 'member')", name="role"),
-        # "Which rooms is this user in" is the query of every connect.
+        # "Which rooms is this user in" is the query of every connect, and
+        # counting them is the check of max_rooms_per_user.
         Index(None, "user_id"),
     )
 
@@ -146,3 +149,27 @@ class DeviceReceipt(Base):
     user_id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(MAX_DEVICE_ID_LENGTH), primary_key=True)
     delivered_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class Session(Base):
+    """A resumable session (see ``SessionStore``).
+
+    No foreign key to users: a session is keyed by its id alone, and saving
+    one never depends on the user being stored.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index(None, "user_id"),
+        # The session sweep deletes by age.
+        Index(None, "updated_at_ms"),
+    )
+
+    id: Mapped[str] = mapped_column(String(MAX_SESSION_ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(MAX_DEVICE_ID_LENGTH))
+    # The watched user ids as a JSON array of strings, in the record's order:
+    # readable by an operator with plain SQL on both backends, and never
+    # queried by content.
+    watching: Mapped[str] = mapped_column(Text)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)

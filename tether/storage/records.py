@@ -21,6 +21,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_ROOM_ID_LENGTH",
     "MAX_SEQ",
+    "MAX_SESSION_ID_LENGTH",
+    "MAX_SESSION_WATCHING",
     "MAX_USER_ID_LENGTH",
     "AppendResult",
     "DeviceReceipt",
@@ -31,6 +33,7 @@ __all__ = [
     "RoomKind",
     "RoomRecord",
     "RoomSummary",
+    "SessionRecord",
     "UserRecord",
 ]
 
@@ -46,6 +49,10 @@ MAX_CLIENT_ID_LENGTH: Final = 64
 MAX_DEVICE_ID_LENGTH: Final = 64
 #: Most messages one ``history`` call returns.
 MAX_HISTORY_LIMIT: Final = 500
+#: Longest resumable-session id.
+MAX_SESSION_ID_LENGTH: Final = 128
+#: Most user ids one session may watch.
+MAX_SESSION_WATCHING: Final = 1000
 #: Largest sequence number or timestamp (the signed 64-bit range of BIGINT).
 MAX_SEQ: Final = 2**63 - 1
 
@@ -197,3 +204,35 @@ class MemberReceipts:
     user_id: str
     read_seq: int
     devices: tuple[DeviceReceipt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A resumable session: what a reconnecting client gets back.
+
+    Unlike the other records, callers build this one (to ``save_session``
+    it), so it checks its fields when constructed.
+
+    Attributes:
+      id: the session id (1..128 characters).
+      user_id: the session's user (1..128 characters; need not be stored).
+      device_id: the device it was opened from (1..64 characters).
+      watching: user ids whose presence the session subscribes to, at most
+        1000, each 1..128 characters; kept in the given order.
+      updated_at_ms: last time the session was saved (Unix ms).
+
+    Raises:
+      ValueError: a field breaks the limits above, or ``watching`` is not a
+        tuple of str.
+    """
+
+    id: str
+    user_id: str
+    device_id: str
+    watching: tuple[str, ...]
+    updated_at_ms: int
+
+    def __post_init__(self) -> None:
+        from tether.storage._common import check_session_fields  # noqa: PLC0415 - imports us
+
+        check_session_fields(self)

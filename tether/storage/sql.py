@@ -19,8 +19,9 @@ and waits. Two lanes:
   not block the writer; 4 on PostgreSQL), so reads never wait for a batch.
 
 Failure semantics of a batch (see ``tether.storage._sqlops``): an op's own
-failure (NotFound, Conflict, a bug) fails that op only; a database failure
-(StorageUnavailable) fails every op of the batch and commits none of them.
+failure (NotFound, Conflict, LimitExceeded, a bug) fails that op only; a
+database failure (StorageUnavailable) fails every op of the batch and commits
+none of them.
 The committer then simply carries on: the next batch opens a new connection,
 so service resumes by itself when the database is back.
 """
@@ -44,9 +45,12 @@ from tether.storage._common import (
     check_history_args,
     check_int,
     check_kind,
+    check_max_rooms,
     check_name,
     check_now,
     check_room_id,
+    check_session,
+    check_session_id,
     check_user_id,
     check_user_ids,
     direct_key,
@@ -64,6 +68,7 @@ from tether.storage.records import (
     RoomKind,
     RoomRecord,
     RoomSummary,
+    SessionRecord,
     UserRecord,
 )
 
@@ -432,6 +437,7 @@ class SqlStore:
         members: Iterable[str] = (),
         *,
         now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """See :meth:`tether.storage.interfaces.RoomStore.create_room`."""
         op = ops.single(
@@ -442,6 +448,7 @@ class SqlStore:
             owner_id=check_user_id(owner_id, "owner_id"),
             members=check_user_ids(members, "members"),
             now_ms=check_now(now_ms),
+            max_rooms_per_user=check_max_rooms(max_rooms_per_user),
         )
         return cast(RoomRecord, await self._write(op))
 
@@ -450,27 +457,47 @@ class SqlStore:
         return await self._read(ops.get_room, check_room_id(room_id))
 
     async def get_or_create_direct(
-        self, a: str, b: str, *, now_ms: int | None = None
+        self,
+        a: str,
+        b: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
     ) -> RoomRecord:
         """See :meth:`tether.storage.interfaces.RoomStore.get_or_create_direct`."""
         key = direct_key(check_user_id(a, "a"), check_user_id(b, "b"))
         now = check_now(now_ms)
+        limit = check_max_rooms(max_rooms_per_user)
         # Read first: after the first call this is a read, not a queued write.
         existing = await self._read(ops.find_direct, key)
         if existing is not None:
             return existing
         op = ops.single(
-            ops.get_or_create_direct, room_id=new_room_id(), key=key, a=a, b=b, now_ms=now
+            ops.get_or_create_direct,
+            room_id=new_room_id(),
+            key=key,
+            a=a,
+            b=b,
+            now_ms=now,
+            max_rooms_per_user=limit,
         )
         return cast(RoomRecord, await self._write(op))
 
-    async def add_member(self, room_id: str, user_id: str, *, now_ms: int | None = None) -> bool:
+    async def add_member(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        now_ms: int | None = None,
+        max_rooms_per_user: int | None = None,
+    ) -> bool:
         """See :meth:`tether.storage.interfaces.RoomStore.add_member`."""
         op = ops.single(
             ops.add_member,
             room_id=check_room_id(room_id),
             user_id=check_user_id(user_id),
             now_ms=check_now(now_ms),
+            max_rooms_per_user=check_max_rooms(max_rooms_per_user),
         )
         return cast(bool, await self._write(op))
 
@@ -576,6 +603,24 @@ class SqlStore:
     async def unread_count(self, room_id: str, user_id: str) -> int:
         """See :meth:`tether.storage.interfaces.MessageStore.unread_count`."""
         return await self._read(ops.unread_count, check_room_id(room_id), check_user_id(user_id))
+
+    # -- SessionStore -----------------------------------------------------
+
+    async def save_session(self, session: SessionRecord) -> None:
+        """See :meth:`tether.storage.interfaces.SessionStore.save_session`."""
+        await self._write(ops.single(ops.save_session, session=check_session(session)))
+
+    async def load_session(self, session_id: str) -> SessionRecord | None:
+        """See :meth:`tether.storage.interfaces.SessionStore.load_session`."""
+        return await self._read(ops.load_session, check_session_id(session_id))
+
+    async def delete_sessions(self, *, updated_before_ms: int) -> int:
+        """See :meth:`tether.storage.interfaces.SessionStore.delete_sessions`."""
+        op = ops.single(
+            ops.delete_sessions,
+            updated_before_ms=check_int("updated_before_ms", updated_before_ms),
+        )
+        return cast(int, await self._write(op))
 
 
 def _check_schema(engine: Engine) -> None:

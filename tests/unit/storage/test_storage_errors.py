@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import exc as sa_exc
 
 from tether.storage.errors import (
     Conflict,
+    LimitExceeded,
     NotFound,
     StorageError,
     StorageUnavailable,
@@ -33,10 +35,21 @@ def _wrap(
 
 
 def test_hierarchy() -> None:
-    for cls in (StorageUnavailable, Conflict, NotFound):
+    for cls in (StorageUnavailable, Conflict, NotFound, LimitExceeded):
         assert issubclass(cls, StorageError)
     assert issubclass(StorageError, Exception)
     assert not issubclass(Conflict, StorageUnavailable)
+    assert not issubclass(LimitExceeded, StorageUnavailable | Conflict | NotFound)
+
+
+def test_limit_exceeded_names_the_user() -> None:
+    error = LimitExceeded("bob", 50)
+    assert (error.user_id, error.limit, error.args) == ("bob", 50, ("bob", 50))
+    assert str(error) == "'bob' would be a member of more than 50 rooms"
+    assert map_exception(error) is error
+    # args hold the constructor's arguments, so copies (pickle) rebuild it.
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.user_id, copy.limit) == (LimitExceeded, "bob", 50)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,15 @@ from tether.storage.database import create_engine_for
 from tether.storage.migrate import _config, current_revision, head_revision, upgrade
 from tether.storage.models import Base
 
-TABLES = {"users", "rooms", "memberships", "messages", "device_receipts", "alembic_version"}
+TABLES = {
+    "users",
+    "rooms",
+    "memberships",
+    "messages",
+    "device_receipts",
+    "sessions",
+    "alembic_version",
+}
 
 
 def _schema_diff(engine: sa.Engine) -> list[object]:
@@ -28,21 +36,56 @@ def _schema_diff(engine: sa.Engine) -> list[object]:
 
 
 def _check_upgrade(url: str) -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == "0002"
     upgrade(url)  # idempotent
     engine = create_engine_for(url)
     try:
         assert set(sa.inspect(engine).get_table_names()) == TABLES
         assert _schema_diff(engine) == []
-        # downgrade() of revision 0001 really drops everything it created.
+        # downgrade() of every revision really drops everything it created.
         with engine.begin() as connection:
             command.downgrade(_config(connection), "base")
         assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
         assert current_revision(engine) is None
         upgrade(engine)  # and the engine stays usable by the caller
+        assert current_revision(engine) == "0002"
+    finally:
+        engine.dispose()
+
+
+def _check_sessions_revision(url: str) -> None:
+    """0001 -> 0002 adds the sessions table and keeps existing data; and back."""
+    upgrade(url, "0001")
+    engine = create_engine_for(url)
+    try:
+        assert "sessions" not in sa.inspect(engine).get_table_names()
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO users (id, name, created_at_ms) VALUES ('alice', 'A', 1)")
+            )
+        upgrade(engine)
+        assert current_revision(engine) == "0002"
+        inspector = sa.inspect(engine)
+        assert {i["name"] for i in inspector.get_indexes("sessions")} == {
+            "ix_sessions_user_id",
+            "ix_sessions_updated_at_ms",
+        }
+        # No foreign key to users: a session of an unknown user can be stored.
+        assert inspector.get_foreign_keys("sessions") == []
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO sessions (id, user_id, device_id, watching, updated_at_ms) "
+                    "VALUES ('s1', 'ghost', 'phone', '[]', 1)"
+                )
+            )
+            assert connection.execute(sa.text("SELECT id FROM users")).scalars().all() == ["alice"]
+        with engine.begin() as connection:
+            command.downgrade(_config(connection), "0001")
+        assert set(sa.inspect(engine).get_table_names()) == TABLES - {"sessions"}
         assert current_revision(engine) == "0001"
     finally:
         engine.dispose()
@@ -55,6 +98,15 @@ def test_sqlite_upgrade_matches_models(tmp_path: Path) -> None:
 @pytest.mark.postgresql
 def test_postgres_upgrade_matches_models(pg_schema_url: str) -> None:
     _check_upgrade(pg_schema_url)
+
+
+def test_sqlite_sessions_revision(tmp_path: Path) -> None:
+    _check_sessions_revision(default_url(tmp_path))
+
+
+@pytest.mark.postgresql
+def test_postgres_sessions_revision(pg_schema_url: str) -> None:
+    _check_sessions_revision(pg_schema_url)
 
 
 @pytest.mark.postgresql
@@ -74,7 +126,7 @@ def test_postgres_concurrent_upgrades_serialise(pg_schema_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert current_revision(pg_schema_url) == "0001"
+    assert current_revision(pg_schema_url) == "0002"
 
 
 def test_unopenable_sqlite_is_unavailable(tmp_path: Path) -> None:
@@ -94,7 +146,7 @@ async def test_open_store_without_migrate_needs_current_schema(tmp_path: Path) -
     url = default_url(tmp_path)
     with pytest.raises(
         StorageError,
-        match=r"^Expected the database schema at revision '0001', got None; "
+        match=r"^Expected the database schema at revision '0002', got None; "
         r"run `tether db upgrade`$",
     ):
         async with open_store(url, migrate=False):

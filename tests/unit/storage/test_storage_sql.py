@@ -19,6 +19,7 @@ import trio.testing
 
 from tether.storage import (
     AppendResult,
+    LimitExceeded,
     SqlStore,
     StorageError,
     StorageUnavailable,
@@ -369,5 +370,110 @@ def test_checkpoint_mode_is_checked(tmp_path: Path) -> None:
     try:
         with pytest.raises(ValueError, match=r"^Expected mode PASSIVE or RESTART, got 'FULL'$"):
             ops.sqlite_checkpoint(engine, "FULL")
+    finally:
+        engine.dispose()
+
+
+async def _check_two_nodes_share_the_room_limit(url: str) -> None:
+    """Two nodes adding one user to rooms at once: the limit holds across them.
+
+    On PostgreSQL the count of one node's transaction cannot see the other's
+    uncommitted memberships; the row lock on the user makes them take turns.
+    """
+    limit, rooms_n = 5, 20
+    with trio.fail_after(TIMEOUT_S):
+        async with _two_nodes(url) as nodes:
+            await nodes[0].upsert_user("u", "u")
+            first_room = await _room(nodes[0], "owner")
+            rooms = [first_room] + [
+                (await nodes[0].create_room("public", f"r{n}", "owner", now_ms=T0)).id
+                for n in range(1, rooms_n)
+            ]
+            added: list[str] = []
+            refused: list[str] = []
+
+            async def join(node: SqlStore, room: str) -> None:
+                try:
+                    assert await node.add_member(room, "u", max_rooms_per_user=limit)
+                    added.append(room)
+                except LimitExceeded as exc:
+                    refused.append(exc.user_id)
+
+            async with trio.open_nursery() as nursery:
+                for n, room in enumerate(rooms):
+                    nursery.start_soon(join, nodes[n % 2], room)
+            assert len(added) == limit
+            assert refused == ["u"] * (rooms_n - limit)
+            assert {s.room.id for s in await nodes[1].rooms_for_user("u")} == set(added)
+
+
+async def test_two_nodes_share_the_room_limit_on_sqlite(tmp_path: Path) -> None:
+    await _check_two_nodes_share_the_room_limit(default_url(tmp_path))
+
+
+@pytest.mark.postgresql
+async def test_two_nodes_share_the_room_limit_on_postgres(pg_schema_url: str) -> None:
+    await _check_two_nodes_share_the_room_limit(pg_schema_url)
+
+
+async def test_limit_exceeded_does_not_replay_the_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like NotFound, LimitExceeded is settled in the shared transaction."""
+    caplog.set_level("INFO", logger="tether.storage")
+    with trio.fail_after(TIMEOUT_S):
+        async with open_store(default_url(tmp_path)) as store:
+            room = await _room(store, "alice", "bob")
+            outcomes: dict[str, object] = {}
+
+            async def attempt(name: str, user_id: str, limit: int) -> None:
+                try:
+                    outcomes[name] = await store.add_member(room, user_id, max_rooms_per_user=limit)
+                except LimitExceeded as exc:
+                    outcomes[name] = exc
+
+            await store.upsert_user("carol", "carol")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attempt, "refused", "carol", 0)
+                nursery.start_soon(attempt, "no-op", "bob", 0)
+            assert store.statistics().last_batch_size == 2
+            assert isinstance(outcomes["refused"], LimitExceeded)
+            assert outcomes["no-op"] is False
+    assert not [r for r in caplog.records if "replaying" in r.getMessage()]
+
+
+def _count_plan(connection: sa.Connection) -> str:
+    statement = ops.COUNT_ROOMS.params(ids=["alice", "bob"]).compile(
+        dialect=connection.dialect, compile_kwargs={"literal_binds": True}
+    )
+    rows = connection.exec_driver_sql(
+        ("EXPLAIN QUERY PLAN " if connection.dialect.name == "sqlite" else "EXPLAIN ")
+        + str(statement)
+    )
+    return "\n".join(" ".join(map(str, row)) for row in rows)
+
+
+def test_room_count_uses_the_memberships_index_on_sqlite(tmp_path: Path) -> None:
+    engine = create_engine_for(default_url(tmp_path))
+    try:
+        upgrade(engine)
+        with engine.connect() as connection:
+            plan = _count_plan(connection)
+        assert "USING COVERING INDEX ix_memberships_user_id" in plan, plan
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgresql
+def test_room_count_uses_the_memberships_index_on_postgres(pg_schema_url: str) -> None:
+    engine = create_engine_for(pg_schema_url)
+    try:
+        upgrade(engine)
+        with engine.connect() as connection, connection.begin():
+            # An empty table is cheapest to scan: only ask whether the index serves.
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = _count_plan(connection)
+        assert "ix_memberships_user_id" in plan, plan
+        assert "Seq Scan" not in plan, plan
     finally:
         engine.dispose()
