@@ -103,6 +103,9 @@ class TransportLimits:
             requests, and to write one HTTP response.
         max_connections: Open connections beyond which new ones get 503.
         backlog: The listening socket's accept backlog.
+        max_ephemeral_keys: Bound of each WebSocket connection's keyed frames
+            waiting while it is backed up (a new key beyond it raises
+            ``SendQueueFull``).
 
     Raises:
         ValueError: a limit is not positive.
@@ -116,6 +119,7 @@ class TransportLimits:
     keepalive_timeout: float = 30.0
     max_connections: int = 100_000
     backlog: int = 4096
+    max_ephemeral_keys: int = 4096
 
     def __post_init__(self) -> None:
         for name in (
@@ -127,6 +131,7 @@ class TransportLimits:
             "keepalive_timeout",
             "max_connections",
             "backlog",
+            "max_ephemeral_keys",
         ):
             value = getattr(self, name)
             if not value > 0:
@@ -302,6 +307,7 @@ class Listener:
             max_message_size=limits.max_message_size,
             max_outbound_bytes=limits.max_outbound_bytes,
             close_timeout=limits.close_timeout,
+            max_ephemeral_keys=limits.max_ephemeral_keys,
         )
         self._accepted = 0
         self._active = 0

@@ -17,6 +17,15 @@ for a slow member; the application closes such a connection with its own
 "slow consumer" code, and :meth:`WebSocketConnection.close` always works, even
 on a full queue.
 
+Ephemeral state (who is typing in a room, a user's presence) is sent with a
+``key``. While the connection is backed up such frames are not queued in order
+but kept per key, last write wins: a slow reader gets the latest value once, not
+every intermediate one, and they do not count against ``max_outbound_bytes``,
+so they never make a connection a slow consumer. Their number is bounded by
+``max_ephemeral_keys`` instead. The flusher appends them after the ordered frames
+it takes in the same write, so a keyed frame never overtakes an ordered frame
+sent before it (ordered frames sent after it may overtake it).
+
 Receiving is pull-based: :meth:`WebSocketConnection.receive` reads the socket
 and feeds wsproto, which parses and unmasks client frames; pings are answered
 and the close handshake is handled inside ``receive``. The connection's handler
@@ -40,7 +49,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Final
 
@@ -129,24 +138,28 @@ def _truncate_reason(reason: str) -> str:
 
 
 class SendQueueFull(Exception):
-    """A send would push the connection's outbound queue past ``max_outbound_bytes``.
+    """A send would push the connection's outbound queue past one of its bounds.
 
     Nothing was queued. The peer is not reading fast enough; the caller decides
     what to do (tether closes the connection with its slow-consumer code).
 
     Attributes:
-        queued: Bytes queued when the send was refused.
-        size: Size of the refused frame.
-        limit: The connection's ``max_outbound_bytes``.
+        queued: Bytes counted against the bound when the send was refused (for
+            ``unit == "ephemeral keys"``: keys pending).
+        size: Size of the refused frame (for ``"ephemeral keys"``: 1, the new key).
+        limit: The connection's ``max_outbound_bytes`` (or ``max_ephemeral_keys``).
+        unit: ``"bytes"`` for the byte bound, ``"ephemeral keys"`` for the bound
+            on pending keyed frames.
     """
 
-    def __init__(self, queued: int, size: int, limit: int) -> None:
+    def __init__(self, queued: int, size: int, limit: int, *, unit: str = "bytes") -> None:
         super().__init__(
-            f"outbound queue full: {queued} bytes queued, {size} more would exceed {limit}"
+            f"outbound queue full: {queued} {unit} queued, {size} more would exceed {limit}"
         )
         self.queued = queued
         self.size = size
         self.limit = limit
+        self.unit = unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +171,14 @@ class WebSocketStatistics:
         bytes_out: Bytes handed to the kernel (or to TLS) after the handshake.
         messages_in: Complete binary messages returned by ``receive``.
         frames_out: Frames accepted by ``send``/``send_frame`` (plus pongs and close).
-        queued_bytes: Bytes accepted but not yet taken by the kernel.
+        queued_bytes: Bytes in the write queue, not yet taken by the kernel (keyed
+            frames count from when the flusher takes them).
         peak_queued_bytes: Highest ``queued_bytes`` seen.
         writes: ``send()`` system calls (or TLS writes) made.
         flushes: Times a flusher task had to be started.
+        coalesced: Keyed frames accepted but never written: replaced by a later
+            frame with the same key, or dropped because the connection started
+            closing (or was aborted) before they were written.
     """
 
     bytes_in: int
@@ -172,6 +189,7 @@ class WebSocketStatistics:
     peak_queued_bytes: int
     writes: int
     flushes: int
+    coalesced: int
 
 
 class WebSocketConfig:
@@ -183,12 +201,15 @@ class WebSocketConfig:
         max_outbound_bytes: Bound of each connection's outbound queue.
         close_timeout: Seconds the closing handshake may take before the socket
             is dropped.
+        max_ephemeral_keys: Bound of each connection's pending keyed frames
+            (distinct keys waiting while the connection is backed up).
     """
 
     __slots__ = (
         "_closing",
         "_timer_running",
         "close_timeout",
+        "max_ephemeral_keys",
         "max_message_size",
         "max_outbound_bytes",
         "nursery",
@@ -201,11 +222,13 @@ class WebSocketConfig:
         max_message_size: int,
         max_outbound_bytes: int,
         close_timeout: float,
+        max_ephemeral_keys: int = 4096,
     ) -> None:
         self.nursery = nursery
         self.max_message_size = max_message_size
         self.max_outbound_bytes = max_outbound_bytes
         self.close_timeout = close_timeout
+        self.max_ephemeral_keys = max_ephemeral_keys
         # Connections whose closing handshake started, with its deadline. Every
         # deadline is "now + close_timeout" with one close_timeout, so the deque
         # is sorted by construction; entries of connections that closed in time
@@ -268,8 +291,12 @@ class WebSocketConnection:
     __slots__ = (
         "_bytes_in",
         "_bytes_out",
+        "_coalesced",
         "_config",
         "_drained",
+        "_ephemeral",
+        "_exempt",
+        "_exempt_at",
         "_flushes",
         "_flushing",
         "_frames_out",
@@ -328,6 +355,15 @@ class WebSocketConnection:
         self._queue: list[bytes | memoryview] | None = None
         self._queued = 0
         self._flushing = False
+        # Keyed frames waiting for the flusher, last write wins; None while empty.
+        self._ephemeral: dict[Hashable, bytes] | None = None
+        # Keyed frames the flusher took are bytes of the queue like any other,
+        # but must not count against max_outbound_bytes: _exempt of the _queued
+        # bytes are such frames, starting _exempt_at bytes into the queue. The
+        # flusher takes no new keyed frames until these are written, so there is
+        # one such run at a time and a slow reader cannot pile them up.
+        self._exempt = 0
+        self._exempt_at = 0
         # Fragments of an incoming message being reassembled.
         self._partial: list[bytes] | None = None
         self._partial_size = 0
@@ -340,6 +376,7 @@ class WebSocketConnection:
         self._peak_queued = 0
         self._writes = 0
         self._flushes = 0
+        self._coalesced = 0
         if trailing_data:
             self._feed(trailing_data)
 
@@ -357,7 +394,11 @@ class WebSocketConnection:
 
     @property
     def outbound_bytes(self) -> int:
-        """Bytes accepted for sending but not yet taken by the kernel."""
+        """Bytes in the write queue, not yet taken by the kernel.
+
+        Keyed frames waiting per key are not included until the flusher takes
+        them into a write.
+        """
         return self._queued
 
     def statistics(self) -> WebSocketStatistics:
@@ -371,6 +412,7 @@ class WebSocketConnection:
             peak_queued_bytes=self._peak_queued,
             writes=self._writes,
             flushes=self._flushes,
+            coalesced=self._coalesced,
         )
 
     def __repr__(self) -> str:
@@ -381,11 +423,12 @@ class WebSocketConnection:
 
     # -- sending -------------------------------------------------------------------
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, *, key: Hashable | None = None) -> None:
         """Send ``payload`` as one binary message.
 
-        Frames the payload and behaves as :meth:`send_frame`. To send the same
-        message to many connections, encode it once with :func:`encode_frame`.
+        Frames the payload and behaves as :meth:`send_frame` (``key`` included).
+        To send the same message to many connections, encode it once with
+        :func:`encode_frame`.
 
         Raises:
             SendQueueFull: the frame does not fit in the outbound queue; nothing
@@ -393,9 +436,9 @@ class WebSocketConnection:
         """
         if self._state != _OPEN:
             return
-        self.send_frame(encode_frame(payload))
+        self.send_frame(encode_frame(payload), key=key)
 
-    def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, *, key: Hashable | None = None) -> None:
         """Send a frame built by :func:`encode_frame`; never blocks.
 
         Writes straight to the socket when nothing is queued; what the kernel does
@@ -403,26 +446,69 @@ class WebSocketConnection:
         if the connection is closing or closed. A write error (peer reset) closes
         the connection (``close_code`` 1006) and is not raised.
 
+        With a ``key`` the frame is ephemeral state, where only the latest value
+        matters. If nothing is queued or being flushed it is sent as above.
+        Otherwise it waits per key, replacing a not yet written frame with the
+        same key (counted in ``statistics().coalesced``), and the flusher writes
+        it after the ordered frames queued so far. Waiting keyed frames do not
+        count against ``max_outbound_bytes`` and are dropped when the connection
+        starts closing: nothing is written after the close frame.
+
         Args:
             frame: One or more complete frames; the bytes are sent as they are.
+            key: None for an ordered frame; otherwise the identity of the state
+                the frame carries (such as ``("typing", room_id)``), compared by
+                equality.
 
         Raises:
             SendQueueFull: ``outbound_bytes + len(frame)`` would exceed
                 ``max_outbound_bytes`` (so a frame larger than the bound is always
-                refused); nothing was queued.
+                refused, keyed or not; keyed frames already taken by the flusher
+                are not counted); or ``key`` is new and ``max_ephemeral_keys``
+                keyed frames are already waiting (``unit == "ephemeral keys"``).
+                Nothing was queued. A keyed frame that replaces a waiting one is
+                never refused.
         """
         if self._state != _OPEN:
             return
-        self._write(frame, force=False)
+        if key is None or not (self._queued or self._flushing):
+            self._write(frame, force=False)
+        else:
+            self._keep(key, frame)
         self._frames_out += 1
+
+    def _keep(self, key: Hashable, frame: bytes) -> None:
+        """Hold a keyed frame for the running flusher, replacing one with the same key."""
+        size = len(frame)
+        limit = self._config.max_outbound_bytes
+        if size > limit:
+            raise SendQueueFull(self._queued - self._exempt, size, limit)
+        waiting = self._ephemeral
+        if waiting is None:
+            self._ephemeral = {key: frame}
+        elif key in waiting:
+            waiting[key] = frame
+            self._coalesced += 1
+        else:
+            max_keys = self._config.max_ephemeral_keys
+            if len(waiting) >= max_keys:
+                raise SendQueueFull(len(waiting), 1, max_keys, unit="ephemeral keys")
+            waiting[key] = frame
+
+    def _drop_ephemeral(self) -> None:
+        if self._ephemeral is not None:
+            self._coalesced += len(self._ephemeral)
+            self._ephemeral = None
 
     def _write(self, data: bytes | bytearray, *, force: bool) -> None:
         """Write ``data`` through, or queue the rest; ``force`` skips the bound."""
         queued = self._queued
         size = len(data)
         limit = self._config.max_outbound_bytes
-        if not force and queued + size > limit:
-            raise SendQueueFull(queued, size, limit)
+        # The second test only runs when the first fails, keeping the common
+        # case to one comparison.
+        if not force and queued + size > limit and queued - self._exempt + size > limit:
+            raise SendQueueFull(queued - self._exempt, size, limit)
         pending: bytes | memoryview = bytes(data) if isinstance(data, bytearray) else data
         if queued == 0 and self._tls is None:
             try:
@@ -453,6 +539,8 @@ class WebSocketConnection:
     async def _flush(self) -> None:
         """Write the queue out, coalesced into one write per wake-up; exit when empty.
 
+        Keyed frames waiting per key keep it running too (see :meth:`_take`).
+
         Runs in the server nursery, so it must never raise: failures close the
         connection instead.
         """
@@ -471,12 +559,37 @@ class WebSocketConnection:
             self._flushing = False
         self._maybe_finish()
 
+    def _take(self) -> list[bytes | memoryview] | None:
+        """Return the queue for the next write, with the waiting keyed frames appended.
+
+        The keyed frames go after every ordered frame queued so far, and are not
+        taken while keyed frames of an earlier write are still queued: they keep
+        coalescing meanwhile, so the queue holds at most one batch of them.
+        """
+        queue = self._queue
+        waiting = self._ephemeral
+        if waiting and not self._exempt:
+            self._ephemeral = None
+            frames: list[bytes | memoryview] = list(waiting.values())
+            size = sum(map(len, frames))
+            self._exempt_at = self._queued
+            self._exempt = size
+            self._queued += size
+            self._peak_queued = max(self._peak_queued, self._queued)
+            if queue is None:
+                queue = self._queue = frames
+            else:
+                queue.extend(frames)
+        return queue
+
     async def _flush_socket(self) -> None:
         sock = self._sock
-        while self._queue and self._state != _CLOSED:
+        while (self._queue or self._ephemeral) and self._state != _CLOSED:
             await trio.lowlevel.wait_writable(sock)
-            queue = self._queue
-            if not queue or self._state == _CLOSED:
+            if self._state == _CLOSED:
+                break
+            queue = self._take()
+            if not queue:
                 break
             data = queue[0] if len(queue) == 1 else b"".join(queue)
             try:
@@ -488,22 +601,34 @@ class WebSocketConnection:
             if sent == len(data):
                 self._queue = None
                 self._queued = 0
+                self._exempt = 0
             else:
                 rest = memoryview(data)[sent:]
                 self._queue = [rest]
                 self._queued = len(rest)
+                if self._exempt:
+                    # Move the exempt run along by what the kernel took.
+                    at = self._exempt_at - sent
+                    if at >= 0:
+                        self._exempt_at = at
+                    else:
+                        self._exempt = max(0, self._exempt + at)
+                        self._exempt_at = 0
 
     async def _flush_tls(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
-        while self._queue and self._state != _CLOSED:
-            queue = self._queue
+        while (self._queue or self._ephemeral) and self._state != _CLOSED:
+            queue = self._take()
+            if not queue:
+                break
             self._queue = None
             data = queue[0] if len(queue) == 1 else b"".join(queue)
             # The bytes stay counted in _queued until TLS has taken them, so the
-            # bound covers what is in flight too.
+            # bound covers what is in flight too (keyed frames in it are _exempt).
             await tls.send_all(data)
             self._writes += 1
             self._bytes_out += len(data)
             self._queued -= len(data)
+            self._exempt = 0
 
     # -- receiving -----------------------------------------------------------------
 
@@ -731,6 +856,8 @@ class WebSocketConnection:
         self._state = state
         self._partial = None
         self._partial_size = 0
+        # The close frame is queued next: waiting keyed frames would follow it.
+        self._drop_ephemeral()
         self._config._start_close_timer(self)
 
     def _close_timed_out(self) -> None:
@@ -752,6 +879,9 @@ class WebSocketConnection:
         self._state = _CLOSED
         self._queue = None
         self._queued = 0
+        self._drop_ephemeral()
+        self._exempt = 0
+        self._exempt_at = 0
         self._partial = None
         # Wakes a task blocked in receive() or in a flusher (ClosedResourceError).
         close_socket(self._sock)
