@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from tether.actors.connection import ConnectionActor
 from tether.actors.context import PresenceWriter, ServerContext
 from tether.actors.messages import CloseConnection, PeerClosed, Received
 from tether.config import ServerConfig
-from tether.storage import open_store
+from tether.storage import StorageUnavailable, Store, open_store
 from tether.transport.auth import TokenVerifier
 from tether.transport.http import HttpRequest, HttpResponse
 from tether.transport.protocol.codes import DisconnectCode
@@ -96,7 +97,9 @@ class Server:
         async with open_store(url, migrate=True) as store:
             writer = PresenceWriter(store)
             try:
-                async with open_actor_system(name="tether") as system:
+                async with open_actor_system(
+                    name="tether", shutdown_timeout=config.shutdown_timeout
+                ) as system:
                     ctx = ServerContext(
                         config=config,
                         system=system,
@@ -110,6 +113,7 @@ class Server:
                     system.registry.subscribe(_ConnectionsGone(self))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(writer.run)
+                        nursery.start_soon(_expire_sessions, store, config.session_ttl)
                         listener: Listener = await nursery.start(self._serve, ssl_context)
                         self.listener = listener
                         scheme = "wss" if ssl_context else "ws"
@@ -172,6 +176,8 @@ class Server:
         ctx = self.ctx
         assert ctx is not None
         self._draining = True
+        # One deadline for the whole drain: clients closing, then receipts.
+        deadline = trio.current_time() + self.config.shutdown_timeout
         listener.stop_accepting()
         connections = ctx.system.registry.by_kind("connection")
         log.info("shutting down: closing %d connections", len(connections))
@@ -181,10 +187,10 @@ class Server:
             except (ActorDeadError, MailboxFull):
                 continue
         if ctx.system.registry.kinds().get("connection", 0):
-            with trio.move_on_after(self.config.shutdown_timeout):
+            with trio.move_on_at(deadline):
                 await self._no_connections.wait()
         # Receipts are coalesced in the rooms: write what is pending.
-        with trio.move_on_after(self.config.shutdown_timeout):
+        with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 for ref in ctx.system.registry.by_kind("room"):
                     nursery.start_soon(_flush_room, ref)
@@ -262,3 +268,16 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+async def _expire_sessions(store: Store, ttl: float) -> None:
+    """Delete stored sessions idle for longer than ``ttl``, at start and then periodically."""
+    while True:
+        try:
+            removed = await store.delete_sessions(updated_before_ms=int((time.time() - ttl) * 1000))
+        except StorageUnavailable as exc:
+            log.info("expired sessions not deleted now: %r", exc)
+        else:
+            if removed:
+                log.info("deleted %d expired sessions", removed)
+        await trio.sleep(min(ttl, 3600.0))

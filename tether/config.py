@@ -99,6 +99,19 @@ class ServerConfig:
     max_pending_sends_per_room: int = 5_000
     #: An inactive room's actor stops after this long (its state is in storage).
     room_idle_timeout: float = 300.0
+    #: Rooms one user may belong to (room.create, room.join, invites, direct
+    #: rooms beyond: error 109).
+    max_rooms_per_user: int = 1_000
+
+    #: A resumable session outlives its connection by this long (seconds):
+    #: a client that comes back within it gets its presence subscriptions back.
+    session_ttl: float = 3600.0
+    #: A resume replays at most this many messages per room; beyond, the
+    #: client is told recovery is incomplete and pages history.
+    resume_max_replay: int = 1_000
+    #: Recent messages each active room keeps in memory to replay without
+    #: reading storage.
+    resume_buffer_messages: int = 256
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -142,7 +155,12 @@ class ServerConfig:
                 f"presence_visibility: expected 'shared-rooms' or 'all', "
                 f"got {self.presence_visibility!r}"
             )
-        for name in ("typing_timeout", "receipts_interval", "room_idle_timeout"):
+        for name in ("max_rooms_per_user", "resume_max_replay"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.resume_buffer_messages < 0:
+            raise ConfigError("resume_buffer_messages must be >= 0")
+        for name in ("typing_timeout", "receipts_interval", "room_idle_timeout", "session_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.max_room_members < 2 or self.max_pending_sends_per_room < 1:

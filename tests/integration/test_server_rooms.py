@@ -6,98 +6,14 @@ they pin what docs/protocol.md promises client authors.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import pytest
 import trio
 import trio.testing
 
-from tether.bench.wsclient import LeanConnection, encode
-from tether.testing import make_config, running_server, token
-
-
-class RawClient:
-    """A test client: requests by ref, pushes collected in order, pings answered."""
-
-    def __init__(self, conn: LeanConnection) -> None:
-        self.conn = conn
-        self.refs = itertools.count(100)
-        self.replies: dict[int, dict[str, Any]] = {}
-        self.reply_arrived = trio.Event()
-        self.pushes_send, self.pushes = trio.open_memory_channel[dict[str, Any]](10_000)
-
-    async def pump(self) -> None:
-        while self.conn.close_code is None and await self.conn.recv_some():
-            for payload in self.conn.feed():
-                frame = msgpack.unpackb(payload)
-                kind = frame.get("t")
-                if kind == "ping":
-                    await self.conn.send_all(encode({"t": "pong", "n": frame["n"]}))
-                elif kind in ("reply", "error") and "ref" in frame:
-                    self.replies[frame["ref"]] = frame
-                    self.reply_arrived.set()
-                    self.reply_arrived = trio.Event()
-                else:
-                    self.pushes_send.send_nowait(frame)
-
-    async def request(self, frame_type: str, /, **fields: Any) -> dict[str, Any]:
-        ref = next(self.refs)
-        await self.conn.send_all(encode({"t": frame_type, "ref": ref, **fields}))
-        while ref not in self.replies:
-            await self.reply_arrived.wait()
-        return self.replies.pop(ref)
-
-    async def ok(self, frame_type: str, /, **fields: Any) -> dict[str, Any]:
-        frame = await self.request(frame_type, **fields)
-        assert frame["t"] == "reply", frame
-        data: dict[str, Any] = frame["data"]
-        return data
-
-    async def fails(self, frame_type: str, code: int, /, **fields: Any) -> dict[str, Any]:
-        frame = await self.request(frame_type, **fields)
-        assert (frame["t"], frame.get("code")) == ("error", code), frame
-        return frame
-
-    async def send_only(self, frame_type: str, /, **fields: Any) -> None:
-        await self.conn.send_all(encode({"t": frame_type, **fields}))
-
-    async def push(self, kind: str, *, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
-        """The next push of type ``kind`` whose fields equal ``match`` (others skipped)."""
-        with trio.fail_after(timeout):
-            while True:
-                frame = await self.pushes.receive()
-                if frame["t"] == kind and all(frame.get(k) == v for k, v in match.items()):
-                    return frame
-
-    async def nothing(self, kind: str, within: float = 0.3) -> None:
-        with trio.move_on_after(within):
-            while True:
-                frame = await self.pushes.receive()
-                if frame["t"] == kind:
-                    raise AssertionError(f"unexpected {frame}")
-
-
-@asynccontextmanager
-async def clients(url_port: int, *who: tuple[str, str]) -> AsyncIterator[list[RawClient]]:
-    """Connect (user, device) pairs; pump each until the block ends."""
-    async with trio.open_nursery() as nursery:
-        result = []
-        for user, device in who:
-            conn = await LeanConnection.open("127.0.0.1", url_port, user)
-            await conn.hello(token(user), device=device)
-            c = RawClient(conn)
-            nursery.start_soon(c.pump)
-            result.append(c)
-        try:
-            yield result
-        finally:
-            for c in result:
-                c.conn.close()
+from tether.testing import make_config, running_server
+from tether.testing.raw import RawClient, clients
 
 
 async def test_create_send_fan_out_and_multi_device(tmp_path: Path) -> None:

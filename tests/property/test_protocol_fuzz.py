@@ -62,6 +62,7 @@ from tether.transport.protocol import (
     Receipt,
     ReceiptInfo,
     Receipts,
+    Recovered,
     RemoteProtocolError,
     Reply,
     RoomAdded,
@@ -159,6 +160,9 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "delivered": SMALL_SEQS | VALUES,
     "read": SMALL_SEQS | VALUES,
     "typing": st.booleans() | VALUES,
+    "session": st.text(min_size=1, max_size=8) | VALUES,
+    "resume": st.dictionaries(st.text(min_size=1, max_size=8), SMALL_SEQS | VALUES, max_size=3)
+    | VALUES,
 }
 FRAME_TYPES = st.sampled_from([*CLIENT_EVENT_TYPES, "call.join", "", "hello "])
 SCHEMA_MAPS = st.fixed_dictionaries(
@@ -180,6 +184,8 @@ CLIENT_EVENTS: st.SearchStrategy[ClientEvent] = st.one_of(
         token=st.text(max_size=40),
         device=st.none() | st.text(min_size=1, max_size=64),
         client=st.none() | st.text(max_size=64),
+        session=st.none() | st.text(min_size=1, max_size=128),
+        resume=st.none() | st.dictionaries(ROOM_IDS, POSITIONS, max_size=4),
     ),
     st.builds(Ping, n=st.none() | MSGPACK_INTS),
     st.builds(Pong, n=MSGPACK_INTS),
@@ -244,6 +250,7 @@ SERVER_FRAMES = st.one_of(
         limits=st.fixed_dictionaries(
             {"max_frame_bytes": st.integers(0, 2**31), "max_frames_per_s": st.integers(0, 999)}
         ),
+        resumed=st.booleans(),
     ),
     st.builds(Reply, ref=REFS, data=st.dictionaries(st.text(max_size=6), EQ_VALUES, max_size=4)),
     st.builds(
@@ -298,6 +305,15 @@ SERVER_FRAMES = st.one_of(
     st.builds(ReadState, room=ROOM_IDS, seq=POSITIONS, unread=POSITIONS),
     st.builds(MemberEvent, room=ROOM_IDS, user=USER_IDS, action=st.sampled_from(MemberAction)),
     st.builds(RoomAdded, room=ROOM_INFOS, unread=POSITIONS),
+    st.builds(
+        Recovered,
+        room=ROOM_IDS,
+        complete=st.booleans(),
+        replayed=POSITIONS,
+        head=POSITIONS,
+        first=st.none() | SEQS,
+        code=st.none() | st.integers(100, 999),
+    ),
 )
 
 # ---------------------------------------------------------------- the adapter's loop

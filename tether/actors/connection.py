@@ -16,9 +16,9 @@ from every presence subscription, so nothing leaks.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,16 @@ from tether.actors.messages import (
     Watch,
 )
 from tether.actors.outbox import Outbox
-from tether.actors.room import ConnectionGone, Respond, RoomRequest, room_info, storage_error
+from tether.actors.room import (
+    ConnectionGone,
+    Respond,
+    ResumeDone,
+    ResumeRoom,
+    RoomRequest,
+    room_info,
+    storage_error,
+)
+from tether.actors.sessions import Session
 from tether.storage.errors import NotFound
 from tether.transport.auth import Identity, TokenError
 from tether.transport.protocol import codec
@@ -66,6 +75,7 @@ from tether.transport.protocol.events import (
     PresenceSubscribe,
     PresenceUnsubscribe,
     Receipt,
+    Recovered,
     RoomAdded,
     RoomCreate,
     RoomInvite,
@@ -81,6 +91,13 @@ from tether.transport.ratelimit import TokenBucket
 from tether.transport.websocket import WebSocketConnection, encode_frame
 
 log = logging.getLogger("tether.connection")
+
+#: Rooms one connection resumes at once: each replays within a budget of
+#: ``max_outbound_bytes / 8``, so a resume never floods the outbound queue.
+RESUME_WINDOW = 4
+#: Rooms that have not answered a resume within this many seconds are given
+#: up (``recovered`` with code 108: page history instead).
+RESUME_DEADLINE_S = 30.0
 
 _STOP_REASONS: dict[int, StopReason] = {
     DisconnectCode.HEARTBEAT_TIMEOUT: StopReason.HEARTBEAT_TIMEOUT,
@@ -125,8 +142,10 @@ class ConnectionActor(PipeToSelf):
         self._strikes = 0
         self.identity: Identity | None = None
         self.device = ""
-        self.session = ""
+        self.session: Session | None = None
+        self.resumed = False
         self.watching: set[str] = set()
+        self._resume_queue: deque[tuple[str, int]] = deque()
         self._user_ref: Any = None
         self._hello: Hello | None = None
         self._ping_n = 0
@@ -145,6 +164,8 @@ class ConnectionActor(PipeToSelf):
             IoDone: self._io_done,
             AutoWatch: self._on_auto_watch,
             Respond: self._on_respond,
+            ResumeDone: self._on_resume_done,
+            _ResumeDeadline: self._on_resume_deadline,
         }
 
     # -- pykka hooks ----------------------------------------------------------
@@ -171,6 +192,8 @@ class ConnectionActor(PipeToSelf):
                     self._tell(ref, ConnectionGone(self.identity.user_id))
         if self._user_ref is not None:
             self._tell(self._user_ref, Detach(self.conn_id, deliberate=self._deliberate))
+        if self.session is not None:
+            self.ctx.sessions.release(self.session, self.ref)
         for user_id in self.watching:
             ref = self.ctx.users.get(user_id)
             if ref is not None:
@@ -302,9 +325,8 @@ class ConnectionActor(PipeToSelf):
         self.identity = identity
         self._hello = hello
         self.device = hello.device or f"conn-{self.conn_id}"
-        self.session = secrets.token_urlsafe(12)
         if identity.user_id in self.ctx.known_users:
-            self._attach()
+            self._open_session()
             return
         # Rooms and messages refer to the user: make sure the row exists
         # before the client can do anything (once per user per process).
@@ -317,9 +339,51 @@ class ConnectionActor(PipeToSelf):
                 self._disconnect(DisconnectCode.INTERNAL_ERROR, "storage unavailable")
                 return
             self.ctx.known_users.add(identity.user_id)
-            self._attach()
+            self._open_session()
 
         self._io(lambda: store.upsert_user(identity.user_id, identity.name), stored)
+
+    def _open_session(self) -> None:
+        """Resume ``hello.session`` (memory, then storage) or start a new one; then attach."""
+        assert self.identity is not None
+        assert self._hello is not None
+        user_id = self.identity.user_id
+        wanted = self._hello.session
+        sessions = self.ctx.sessions
+        if wanted is None:
+            self.session = sessions.new(user_id, self.device, self.ref)
+            self._attach()
+            return
+        session, previous = sessions.claim(wanted, user_id, self.ref)
+        if session is not None:
+            self._resume_session(session, previous)
+            self._attach()
+            return
+        store = self.ctx.store
+
+        def loaded(record: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.info("connection %s: session not loaded: %r", self.conn_id, error)
+            if error is None and record is not None and record.user_id == user_id:
+                self._resume_session(sessions.adopt(record, self.ref), None)
+            else:
+                self.session = sessions.new(user_id, self.device, self.ref)
+            self._attach()
+
+        self._io(lambda: store.load_session(wanted), loaded)
+
+    def _resume_session(self, session: Session, previous: Any) -> None:
+        assert self._hello is not None
+        self.session = session
+        self.resumed = True
+        self.ctx.counters.sessions_resumed += 1
+        if self._hello.device is None:
+            self.device = session.device  # the device the server made up stays
+        session.device = self.device
+        if previous is not None and previous != self.ref:
+            # The client reconnected before the server noticed the old socket
+            # was gone: that one is stale.
+            self._tell(previous, CloseConnection(DisconnectCode.SESSION_RESUMED, "session resumed"))
 
     def _attach(self) -> None:
         assert self.identity is not None
@@ -337,9 +401,10 @@ class ConnectionActor(PipeToSelf):
         assert self._hello is not None
         assert self.identity is not None
         config = self.ctx.config
+        assert self.session is not None
         self._send(
             self._hello.welcome(
-                session=self.session,
+                session=self.session.id,
                 user=self.identity.user_id,
                 name=self.identity.name,
                 device=self.device,
@@ -351,11 +416,21 @@ class ConnectionActor(PipeToSelf):
                     "max_frames_per_s": int(config.max_frames_per_s),
                     "max_presence_subscriptions": config.max_presence_subscriptions,
                 },
+                resumed=self.resumed,
             )
         )
+        resume = self._hello.resume or {}
+        # Rooms being resumed keep their pushes back until their replay is
+        # out; the holds are in place before any push can reach the outbox.
+        for room in resume:
+            self.outbox.hold(room)
         # Only now may pushes reach this client (none may overtake the welcome).
         self.ctx.online.add(self.identity.user_id, self.conn_id, self.outbox)
         self._online = True
+        if resume:
+            self._start_resume(resume)
+        if self.session.explicit:
+            self._watch_quietly(self.session.explicit)
         self._auto_subscribe()
 
     def _on_attach_refused(self, msg: AttachRefused) -> None:
@@ -367,6 +442,56 @@ class ConnectionActor(PipeToSelf):
     def _on_hello_deadline(self, _msg: HelloDeadline) -> None:
         if self._user_ref is None or self._hello is None:
             self._disconnect(DisconnectCode.HELLO_TIMEOUT, "no hello in time")
+
+    # -- resume ---------------------------------------------------------------
+    def _start_resume(self, rooms: Mapping[str, int]) -> None:
+        self._resume_queue.extend(rooms.items())
+        self.call_later(RESUME_DEADLINE_S, _ResumeDeadline())
+        for _ in range(RESUME_WINDOW):
+            self._resume_next()
+
+    def _resume_next(self) -> None:
+        assert self.identity is not None
+        budget = self.ctx.config.max_outbound_bytes // 8
+        while self._resume_queue and not self.ws.closed:
+            room, after = self._resume_queue.popleft()
+            ref = self.ctx.rooms.get_or_spawn(room)
+            try:
+                ref.tell(ResumeRoom(self.ref, self.outbox, self.identity.user_id, after, budget))
+                return
+            except (MailboxFull, ActorDeadError):
+                self._give_up_resume(room)
+
+    def _on_resume_done(self, _msg: ResumeDone) -> None:
+        self.ctx.counters.rooms_resumed += 1
+        self._resume_next()
+
+    def _on_resume_deadline(self, _msg: _ResumeDeadline) -> None:
+        rooms = [*self.outbox.holding, *(room for room, _ in self._resume_queue)]
+        self._resume_queue.clear()
+        for room in dict.fromkeys(rooms):
+            log.warning("connection %s: room %s did not resume in time", self.conn_id, room)
+            self._give_up_resume(room)
+
+    def _give_up_resume(self, room: str) -> None:
+        """Tell the client this room could not be resumed now (it pages history)."""
+        recovered = Recovered(
+            room=room, complete=False, replayed=0, head=0, code=int(ErrorCode.UNAVAILABLE)
+        )
+        self.outbox.release(room, [_encode(recovered)], 0)
+
+    def _save_session(self) -> None:
+        """Persist the session's explicit subscriptions (so a restart keeps them)."""
+        if self.session is None:
+            return
+        record = self.session.record(int(time.time() * 1000))
+        store = self.ctx.store
+
+        def saved(_result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                log.info("connection %s: session not saved: %r", self.conn_id, error)
+
+        self._io(lambda: store.save_session(record), saved)
 
     # -- presence -------------------------------------------------------------
     def _on_subscribe(self, event: PresenceSubscribe) -> None:
@@ -406,6 +531,11 @@ class ConnectionActor(PipeToSelf):
             self.watching.add(user_id)
             ref = self.ctx.users.get_or_spawn(user_id)
             futures.append(ref.ask(Watch(self.conn_id, self.outbox), block=False))
+        if self.session is not None:
+            fresh = set(event.users) - self.session.explicit
+            if fresh:
+                self.session.explicit |= fresh
+                self._save_session()
         already = [u for u in dict.fromkeys(event.users) if u not in users]
         for user_id in already:
             ref = self.ctx.users.get_or_spawn(user_id)
@@ -505,7 +635,13 @@ class ConnectionActor(PipeToSelf):
                 [me, *members], members, self.ctx.config.presence_auto_subscribe_max_members
             )
 
-        self._io(lambda: store.create_room(event.kind.value, event.name, me, members), created)
+        limit = self.ctx.config.max_rooms_per_user
+        self._io(
+            lambda: store.create_room(
+                event.kind.value, event.name, me, members, max_rooms_per_user=limit
+            ),
+            created,
+        )
 
     def _on_room_list(self, event: RoomList) -> None:
         assert self.identity is not None
@@ -550,9 +686,15 @@ class ConnectionActor(PipeToSelf):
                     self.ctx.config.presence_auto_subscribe_max_members,
                 )
 
-        self._io(lambda: store.get_or_create_direct(me, event.user), opened)
+        limit = self.ctx.config.max_rooms_per_user
+        self._io(
+            lambda: store.get_or_create_direct(me, event.user, max_rooms_per_user=limit), opened
+        )
 
     def _on_unsubscribe(self, event: PresenceUnsubscribe) -> None:
+        if self.session is not None and self.session.explicit & set(event.users):
+            self.session.explicit -= set(event.users)
+            self._save_session()
         for user_id in event.users:
             if user_id in self.watching:
                 self.watching.discard(user_id)
@@ -586,6 +728,11 @@ class ConnectionActor(PipeToSelf):
     def _on_peer_closed(self, msg: PeerClosed) -> None:
         log.debug("connection %s: closed by peer (%s)", self.conn_id, msg.code)
         self.stop(reason=StopReason.CLIENT_LEFT)
+
+
+@dataclass(frozen=True, slots=True)
+class _ResumeDeadline:
+    pass
 
 
 @dataclass(frozen=True, slots=True)

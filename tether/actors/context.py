@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from tether.actors.sessions import SessionRegistry
 from tether.config import ServerConfig
 from tether.transport.auth import TokenVerifier
 from tether.transport.protocol.connection import Limits
@@ -48,6 +49,11 @@ class Counters:
     presence_events: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    #: Sessions resumed (``welcome.resumed`` true) and rooms resumed.
+    sessions_resumed: int = 0
+    rooms_resumed: int = 0
+    #: Messages replayed to resuming connections.
+    replayed_messages: int = 0
 
 
 class ActorDirectory:
@@ -233,8 +239,20 @@ class OnlineIndex:
         conns = self._by_user.get(user_id)
         return conns.values() if conns else ()
 
-    def push(self, users: Iterable[str], frame: bytes, *, exclude: int | None = None) -> int:
+    def push(
+        self,
+        users: Iterable[str],
+        frame: bytes,
+        *,
+        exclude: int | None = None,
+        room: str | None = None,
+        seq: int = 0,
+        key: Hashable | None = None,
+    ) -> int:
         """Push ``frame`` to every connection of ``users`` except conn ``exclude``.
+
+        ``room``, ``seq`` and ``key`` are passed to :meth:`Outbox.push` (resume
+        holds and ephemeral coalescing).
 
         Iterates the live dicts without copying (this is the fan-out hot
         path): a push never changes the index synchronously, since a
@@ -250,15 +268,23 @@ class OnlineIndex:
             if not conns:
                 continue
             for conn_id, outbox in conns.items():
-                if conn_id != exclude and outbox.push(frame):
+                if conn_id != exclude and outbox.push(frame, room=room, seq=seq, key=key):
                     sent += 1
         return sent
 
     def push_batch(
-        self, users: Iterable[str], frames: list[bytes], origins: list[int | None]
+        self,
+        users: Iterable[str],
+        frames: list[bytes],
+        origins: list[int | None],
+        *,
+        room: str | None = None,
+        seq: int = 0,
     ) -> int:
         """Push several frames as one write per connection (``frames[i]`` came from
         connection ``origins[i]``, which does not get that frame back).
+
+        ``seq`` is the highest message seq among the frames (see :meth:`push`).
 
         Returns:
             How many frame deliveries were made.
@@ -274,9 +300,9 @@ class OnlineIndex:
             for conn_id, outbox in conns.items():
                 if conn_id in senders:
                     own = [f for f, o in zip(frames, origins, strict=True) if o != conn_id]
-                    if own and outbox.push(b"".join(own)):
+                    if own and outbox.push(b"".join(own), room=room, seq=seq):
                         delivered += len(own)
-                elif outbox.push(joined):
+                elif outbox.push(joined, room=room, seq=seq):
                     delivered += len(frames)
         return delivered
 
@@ -332,11 +358,14 @@ class ServerContext:
     counters: Counters = field(default_factory=Counters)
     #: Users known to exist in storage (upserted by this process).
     known_users: set[str] = field(default_factory=set)
+    #: Resumable sessions (see ``tether.actors.sessions``).
+    sessions: SessionRegistry = field(init=False)
     _conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.users.bind(self)
         self.rooms.bind(self)
+        self.sessions = SessionRegistry(self.config.session_ttl)
 
     def next_conn_id(self) -> int:
         """A server-unique connection id."""

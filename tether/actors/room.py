@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,9 @@ import trio
 from tether.actors import ActorDeadError, ActorRef, MailboxFull, StopReason
 from tether.actors.context import ServerContext
 from tether.actors.io import IoDone, PipeToSelf
+from tether.actors.outbox import Outbox
 from tether.actors.receipts import ReceiptLog, Typists
-from tether.storage.errors import Conflict, NotFound, StorageUnavailable
+from tether.storage.errors import Conflict, LimitExceeded, NotFound, StorageUnavailable
 from tether.storage.records import MAX_HISTORY_LIMIT, MessageRecord, RoomRecord
 from tether.transport.protocol import codec
 from tether.transport.protocol.codec import fit_history_reply
@@ -52,6 +54,7 @@ from tether.transport.protocol.events import (
     Receipt,
     ReceiptInfo,
     Receipts,
+    Recovered,
     RoomAdded,
     RoomInfo,
     RoomInvite,
@@ -95,6 +98,29 @@ class Respond:
     """To a ConnectionActor: send this reply/error event to the client."""
 
     event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRoom:
+    """A resuming connection wants what came after seq ``after`` (see ``docs/protocol.md``).
+
+    The connection holds this room's pushes in ``outbox`` until the room
+    releases them with the replay; at most ``budget`` bytes are replayed. The
+    room tells ``connection`` :class:`ResumeDone` when it has answered.
+    """
+
+    connection: ActorRef[Any]
+    outbox: Outbox
+    user: str
+    after: int
+    budget: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeDone:
+    """To a ConnectionActor: ``room`` has sent its replay and ``recovered``."""
+
+    room: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +187,11 @@ def storage_error(request: Any, exc: BaseException) -> Any:
         return request.error(ErrorCode.UNAVAILABLE, "storage unavailable, retry")
     if isinstance(exc, NotFound):
         return request.error(ErrorCode.NOT_FOUND, str(exc)[:200] or "not found")
+    if isinstance(exc, LimitExceeded):
+        return request.error(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"{exc.user_id[:128]} is in the maximum number of rooms ({exc.limit})",
+        )
     if isinstance(exc, Conflict):
         return request.error(ErrorCode.FORBIDDEN, str(exc)[:200] or "conflict")
     log.error("storage failed: %r", exc)
@@ -193,6 +224,7 @@ class RoomActor(PipeToSelf):
         self.room_id = room_id
         self.record: RoomRecord | None = None
         self.missing = False
+        self.unavailable = False
         self.members: dict[str, str] = {}  # user -> role
         self.last_seq = 0
         self.receipts = ReceiptLog()
@@ -208,6 +240,11 @@ class RoomActor(PipeToSelf):
         self._last_activity = trio.current_time()
         self._retiring = False
         self.delivered_pushes = 0
+        size = ctx.config.resume_buffer_messages
+        # The newest pushed messages as encoded frames, for resumes that need
+        # no storage read: (seq, frame), contiguous, oldest first.
+        self._recent: deque[tuple[int, bytes]] | None = deque(maxlen=size) if size else None
+        self._resuming = 0
 
     # -- lifecycle ------------------------------------------------------------
     async def on_start(self) -> None:  # type: ignore[override]  # async hooks are ours
@@ -225,6 +262,7 @@ class RoomActor(PipeToSelf):
             # next request tries again.
             log.warning("room %s not loaded: %r", self.room_id, exc)
             self.missing = True
+            self.unavailable = True
             return
         self.last_seq = self.record.last_seq
         self._next_seq = self.last_seq + 1
@@ -239,7 +277,7 @@ class RoomActor(PipeToSelf):
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch by message type."""
-        if self._retiring and isinstance(message, RoomRequest):
+        if self._retiring and isinstance(message, RoomRequest | ResumeRoom):
             successor = self.ctx.rooms.get(self.room_id)
             if successor is not None:
                 self._tell(successor, message)
@@ -250,6 +288,9 @@ class RoomActor(PipeToSelf):
             case RoomRequest():
                 self._last_activity = trio.current_time()
                 self._on_request(message)
+            case ResumeRoom():
+                self._last_activity = trio.current_time()
+                self._on_resume(message)
             case IoDone():
                 self._io_done(message)
             case ConnectionGone():
@@ -305,16 +346,28 @@ class RoomActor(PipeToSelf):
     def _respond(self, request: RoomRequest, event: Any) -> None:
         self._tell(request.connection, Respond(event))
 
-    def _push(self, event: Any, users: Any = None, *, exclude: int | None = None) -> int:
+    def _push(
+        self, event: Any, users: Any = None, *, exclude: int | None = None, key: Any = None
+    ) -> int:
         """Encode once, push to every connection of ``users`` (default: members)."""
         frame = encode_frame(codec.encode(event))
         sent = self.ctx.online.push(
-            self.members if users is None else users, frame, exclude=exclude
+            self.members if users is None else users,
+            frame,
+            exclude=exclude,
+            room=self.room_id,
+            key=key,
         )
         self.delivered_pushes += sent
         return sent
 
     def _member_check(self, request: RoomRequest) -> bool:
+        if self.unavailable:
+            self._respond(
+                request, request.event.error(ErrorCode.UNAVAILABLE, "storage unavailable, retry")
+            )
+            self._maybe_retire_missing()
+            return False
         if self.missing:
             self._respond(request, request.event.error(ErrorCode.ROOM_NOT_FOUND, "no such room"))
             self._maybe_retire_missing()
@@ -438,13 +491,19 @@ class RoomActor(PipeToSelf):
         if not outgoing:
             return
         self.ctx.counters.messages_out += len(outgoing)
-        if len(outgoing) == 1:
-            message, origin = outgoing[0]
-            self._push(message, exclude=origin)
-            return
         frames = [encode_frame(codec.encode(message)) for message, _ in outgoing]
+        if self._recent is not None:
+            self._recent.extend((m.seq, f) for (m, _), f in zip(outgoing, frames, strict=True))
+        last = outgoing[-1][0].seq
+        if len(outgoing) == 1:
+            self.delivered_pushes += self.ctx.online.push(
+                self.members, frames[0], exclude=outgoing[0][1], room=self.room_id, seq=last
+            )
+            return
         origins = [origin for _, origin in outgoing]
-        self.delivered_pushes += self.ctx.online.push_batch(self.members, frames, origins)
+        self.delivered_pushes += self.ctx.online.push_batch(
+            self.members, frames, origins, room=self.room_id, seq=last
+        )
 
     def _on_edit(self, request: RoomRequest, event: MsgEdit) -> None:
         ts = now_ms()
@@ -455,6 +514,7 @@ class RoomActor(PipeToSelf):
                 self._respond(request, _own_message_error(event, error))
             else:
                 edited_at = result.edited_at_ms or ts
+                self._forget_recent(event.seq)
                 self._respond(request, event.reply(edited_at=edited_at))
                 self._push(
                     MessageEdited(
@@ -475,6 +535,7 @@ class RoomActor(PipeToSelf):
             if error is not None:
                 self._respond(request, _own_message_error(event, error))
             else:
+                self._forget_recent(event.seq)
                 self._respond(request, event.reply())
                 self._push(
                     MessageDeleted(room=self.room_id, seq=event.seq), exclude=request.conn_id
@@ -590,7 +651,7 @@ class RoomActor(PipeToSelf):
             except (StorageUnavailable, NotFound):
                 continue
             frame = encode_frame(codec.encode(ReadState(room=self.room_id, seq=seq, unread=unread)))
-            self.ctx.online.push((user,), frame)
+            self.ctx.online.push((user,), frame, room=self.room_id)
 
     def _on_typing(self, user: str, typing: bool) -> None:
         if typing:
@@ -609,7 +670,119 @@ class RoomActor(PipeToSelf):
 
     def _push_typing(self) -> None:
         users = self.typists.users()[:MAX_TYPING_PER_PUSH]
-        self._push(TypingUsers(room=self.room_id, users=tuple(users)))
+        # Last write wins per room: a slow reader gets the current list, not
+        # every change it missed.
+        self._push(TypingUsers(room=self.room_id, users=tuple(users)), key=("typing", self.room_id))
+
+    # -- resume -------------------------------------------------------------------
+    def _on_resume(self, msg: ResumeRoom) -> None:
+        """Replay what ``msg.user`` missed after ``msg.after``, then ``recovered``.
+
+        The seam: every committed message is pushed (or queued in the
+        connection's hold) before the head is fixed here, so the replay is
+        exactly (after, head] and live pushes after it are > head.
+        """
+        if self.unavailable or self.missing or msg.user not in self.members:
+            code = (
+                ErrorCode.UNAVAILABLE
+                if self.unavailable
+                else ErrorCode.ROOM_NOT_FOUND
+                if self.missing
+                else ErrorCode.NOT_MEMBER
+            )
+            # Only a member may learn the room's head.
+            head = self.last_seq if code is ErrorCode.UNAVAILABLE else 0
+            self._release(msg, [], head=head, after=msg.after, code=code)
+            if self.missing:
+                self._maybe_retire_missing()
+            return
+        self._flush_messages()
+        head = self.last_seq
+        if msg.after >= head:
+            self._release(msg, [], head=head, after=msg.after)
+            return
+        start = max(msg.after, head - self.ctx.config.resume_max_replay)
+        recent = self._recent
+        if recent and recent[0][0] <= start + 1:
+            frames = [(seq, frame) for seq, frame in recent if start < seq <= head]
+            self._release(msg, frames, head=head, after=msg.after)
+            return
+        # Older than memory: read storage, holding live pushes meanwhile.
+        self._resuming += 1
+        store = self.ctx.store
+        room_id = self.room_id
+
+        async def read() -> list[tuple[int, bytes]]:
+            frames: list[tuple[int, bytes]] = []
+            after = start
+            while after < head:
+                page = await store.history(room_id, after_seq=after, limit=MAX_HISTORY_LIMIT)
+                if not page:
+                    break
+                for record in page:
+                    if record.seq > head:
+                        break
+                    frames.append((record.seq, encode_frame(codec.encode(message_shape(record)))))
+                after = page[-1].seq
+            return frames
+
+        def done(result: Any, error: BaseException | None) -> None:
+            self._resuming -= 1
+            if error is not None:
+                log.warning("room %s: resume read failed: %r", self.room_id, error)
+                code = (
+                    ErrorCode.UNAVAILABLE
+                    if isinstance(error, StorageUnavailable)
+                    else ErrorCode.INTERNAL
+                )
+                self._release(msg, [], head=head, after=msg.after, code=code)
+                return
+            self._release(msg, result, head=head, after=msg.after)
+
+        self._io(read, done)
+
+    def _release(
+        self,
+        msg: ResumeRoom,
+        frames: list[tuple[int, bytes]],
+        *,
+        head: int,
+        after: int,
+        code: ErrorCode | None = None,
+    ) -> None:
+        """Send the replay (newest ``frames`` within budget) and ``recovered``."""
+        budget = msg.budget
+        keep = len(frames)
+        size = 0
+        while keep and size + len(frames[keep - 1][1]) <= budget:
+            size += len(frames[keep - 1][1])
+            keep -= 1
+        replay = frames[keep:]
+        first_wanted = after + 1
+        covered = bool(replay) and replay[0][0] <= first_wanted
+        complete = code is None and (head <= after or covered)
+        first = None
+        if not complete and code is None:
+            first = replay[0][0] if replay else head + 1
+        recovered = Recovered(
+            room=self.room_id,
+            complete=complete,
+            replayed=len(replay),
+            head=head,
+            first=first,
+            code=None if code is None else int(code),
+        )
+        out = [frame for _, frame in replay]
+        out.append(encode_frame(codec.encode(recovered)))
+        msg.outbox.release(self.room_id, out, head)
+        self.ctx.counters.replayed_messages += len(replay)
+        self._tell(msg.connection, ResumeDone(self.room_id))
+
+    def _forget_recent(self, seq: int) -> None:
+        """An edit or delete of ``seq``: its stored frame is stale, drop it and older ones."""
+        recent = self._recent
+        while recent and recent[0][0] <= seq:
+            recent.popleft()
 
     # -- membership ---------------------------------------------------------------
     def _on_members(self, request: RoomRequest, event: RoomMembers) -> None:
@@ -686,7 +859,11 @@ class RoomActor(PipeToSelf):
                 )
             self._respond(request, reply())
 
-        self._io(lambda: store.add_member(self.room_id, user, now_ms=now_ms()), done)
+        limit = self.ctx.config.max_rooms_per_user
+        self._io(
+            lambda: store.add_member(self.room_id, user, now_ms=now_ms(), max_rooms_per_user=limit),
+            done,
+        )
 
     def _on_leave(self, request: RoomRequest, event: RoomLeave) -> None:
         assert self.record is not None
@@ -737,7 +914,12 @@ class RoomActor(PipeToSelf):
     def _on_idle_check(self) -> None:
         idle_for = trio.current_time() - self._last_activity
         timeout = self.ctx.config.room_idle_timeout
-        busy = self._pending_sends or self.typists.users() or self.receipts.has_changes
+        busy = (
+            self._pending_sends
+            or self._resuming
+            or self.typists.users()
+            or self.receipts.has_changes
+        )
         if idle_for < timeout or busy:
             self.call_later(max(1.0, timeout - idle_for), _IdleCheck())
             return

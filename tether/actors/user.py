@@ -200,8 +200,11 @@ class UserActor(Actor):
             return
         frame = encode_frame(codec.encode(Presence.from_snapshot(snapshot)))
         self.ctx.counters.presence_events += 1
+        # Last write wins per user: a slow reader gets the current state, not
+        # every change it missed.
+        key = ("presence", self.user_id)
         for outbox in list(self.watchers.values()):
-            outbox.push(frame)
+            outbox.push(frame, key=key)
 
     def _maybe_retire(self) -> None:
         """Stop once offline, settled and unwatched.

@@ -51,13 +51,15 @@ class LeanConnection:
     payloads; close frames set :attr:`close_code`.
     """
 
-    __slots__ = ("buf", "close_code", "sock", "user")
+    __slots__ = ("_early", "buf", "close_code", "sock", "user")
 
     def __init__(self, sock: socket.socket, user: str) -> None:
         self.sock = sock
         self.user = user
         self.buf = bytearray()
         self.close_code: int | None = None
+        # Payloads that arrived right behind the welcome (a resume's replay).
+        self._early: list[bytes] = []
 
     @classmethod
     async def open(
@@ -132,7 +134,8 @@ class LeanConnection:
 
     def feed(self) -> list[bytes]:
         """Complete binary payloads buffered so far (consumed from the buffer)."""
-        out: list[bytes] = []
+        out: list[bytes] = self._early
+        self._early = []
         buf = self.buf
         pos = 0
         end = len(buf)
@@ -165,16 +168,32 @@ class LeanConnection:
             del buf[:pos]
         return out
 
-    async def hello(self, token: str, device: str | None = None) -> dict[str, object]:
-        """Send ``hello`` and wait for ``welcome``."""
+    async def hello(
+        self,
+        token: str,
+        device: str | None = None,
+        *,
+        session: str | None = None,
+        resume: dict[str, int] | None = None,
+    ) -> dict[str, object]:
+        """Send ``hello`` (optionally resuming) and wait for ``welcome``.
+
+        Frames that arrive behind the welcome are kept for the next :meth:`feed`.
+        """
         frame: dict[str, object] = {"t": "hello", "ref": 1, "token": token}
         if device:
             frame["device"] = device
+        if session:
+            frame["session"] = session
+        if resume:
+            frame["resume"] = resume
         await self.send_all(encode(frame))
         while True:
-            for payload in self.feed():
+            payloads = self.feed()
+            for i, payload in enumerate(payloads):
                 msg = msgpack.unpackb(payload)
                 if msg.get("t") == "welcome":
+                    self._early = payloads[i + 1 :]
                     return dict(msg)
                 if msg.get("t") == "error":
                     raise OSError(f"hello refused: {msg}")

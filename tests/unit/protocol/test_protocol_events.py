@@ -26,6 +26,7 @@ from tether.transport.protocol import (
     PresenceStatus,
     PresenceSubscribe,
     PresenceUnsubscribe,
+    Recovered,
     Reply,
     Welcome,
 )
@@ -91,6 +92,7 @@ def test_registries_hold_exactly_the_v1_frame_types() -> None:
         "read",
         "member",
         "room",
+        "recovered",
     }
     assert CLIENT_EVENT_TYPES["ping"] is SERVER_EVENT_TYPES["ping"] is Ping
 
@@ -132,7 +134,7 @@ def test_unknown_extra_keys_are_ignored() -> None:
 def test_hello_repr_never_shows_the_token() -> None:
     hello = Hello(ref=1, token="secret-jwt")
     assert "secret-jwt" not in repr(hello)
-    assert repr(hello) == "Hello(ref=1, device=None, client=None)"
+    assert repr(hello) == "Hello(ref=1, device=None, client=None, session=None, resume=None)"
 
 
 def test_missing_required_field() -> None:
@@ -202,6 +204,34 @@ def test_hello_welcome_helper() -> None:
     welcome = Hello(ref=9, token="t").welcome(**WELCOME_FIELDS)
     assert welcome == Welcome(ref=9, **WELCOME_FIELDS)
     assert welcome.to_wire() == {"t": "welcome", "ref": 9, **WELCOME_FIELDS}
+    resumed = Hello(ref=9, token="t").welcome(**WELCOME_FIELDS, resumed=True)
+    assert resumed.to_wire() == {"t": "welcome", "ref": 9, **WELCOME_FIELDS, "resumed": True}
+
+
+def test_hello_resume_fields() -> None:
+    hello = Hello(ref=1, token="t", session="s1", resume={"r1": 0, "r2": 41})
+    assert hello.to_wire()["resume"] == {"r1": 0, "r2": 41}
+    assert Hello.from_wire(hello.to_wire()) == hello
+    for bad in ({"r1": -1}, {"": 3}, {"r1": "3"}, [1], {f"r{i}": 1 for i in range(1001)}):
+        with pytest.raises(LocalProtocolError, match="resume"):
+            Hello(ref=1, token="t", resume=bad)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="session"):
+        Hello(ref=1, token="t", session="")
+
+
+def test_recovered_push() -> None:
+    full = Recovered(room="r1", complete=True, replayed=3, head=9)
+    assert full.to_wire() == {
+        "t": "recovered",
+        "room": "r1",
+        "complete": True,
+        "replayed": 3,
+        "head": 9,
+    }
+    partial = Recovered(room="r1", complete=False, replayed=2, head=9, first=8)
+    assert partial.to_wire()["first"] == 8
+    with pytest.raises(LocalProtocolError):
+        Recovered(room="r1", complete=True, replayed=-1, head=9)
 
 
 def test_request_error_helper_derives_temporary() -> None:

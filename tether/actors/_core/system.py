@@ -21,6 +21,7 @@ Closing, in order (P9):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -210,14 +211,29 @@ class ActorSystem:
 
     # ------------------------------------------------------------------ closing
 
-    async def _shutdown(self) -> None:
-        """Graceful close: stop every actor (children first) and wait for them."""
+    async def _shutdown(self, timeout: float | None) -> None:
+        """Graceful close: stop every actor (children first) and wait for them.
+
+        After ``timeout`` seconds (None: no limit) the wait ends; the actors
+        still running (a handler that never returns, say) are named in a
+        warning and torn down by the caller.
+        """
         self._closing = True
         if self._live:
             self._all_stopped = trio.Event()
             for ref in reversed(list(self.registry._by_urn.values())):
                 ref._request_stop(StopReason.SHUTDOWN, None)
-            await self._all_stopped.wait()
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._all_stopped.wait()
+            if not self._all_stopped.is_set():
+                stuck = list(self.registry._by_urn.values())
+                logger.warning(
+                    "actor system %r: %d actors did not stop within %.1fs, tearing down: %s",
+                    self.name,
+                    len(stuck),
+                    timeout,
+                    ", ".join(str(ref) for ref in stuck[:20]),
+                )
 
     async def _teardown(self) -> None:
         """Abrupt close, after the nursery has exited: stop everything now."""
@@ -253,7 +269,9 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
 
 
 @asynccontextmanager
-async def open_actor_system(name: str = "tether") -> AsyncIterator[ActorSystem]:
+async def open_actor_system(
+    name: str = "tether", *, shutdown_timeout: float | None = None
+) -> AsyncIterator[ActorSystem]:
     """Open an actor system; every actor started in it lives inside this block.
 
     Inside the block (and in every task and ``trio.to_thread`` worker started from it),
@@ -261,6 +279,8 @@ async def open_actor_system(name: str = "tether") -> AsyncIterator[ActorSystem]:
 
     Args:
         name: shown in logs, ``repr`` and statistics.
+        shutdown_timeout: how long leaving the block waits for actors to stop
+            (None: no limit); those still running then are torn down.
 
     Yields:
         The system.
@@ -269,7 +289,8 @@ async def open_actor_system(name: str = "tether") -> AsyncIterator[ActorSystem]:
         Leaving the block normally stops every live actor with ``StopReason.SHUTDOWN``
         (children before parents, otherwise in reverse start order); each handles its
         queued messages first and runs ``on_stop``. The block exits once all have
-        stopped; tasks left in ``system.nursery`` are then cancelled.
+        stopped, or ``shutdown_timeout`` has passed (the rest are torn down); tasks
+        left in ``system.nursery`` are then cancelled.
 
     Error handling:
         If the block raises, or an actor raises a ``BaseException`` that is not an
@@ -291,7 +312,7 @@ async def open_actor_system(name: str = "tether") -> AsyncIterator[ActorSystem]:
             nursery.start_soon(system._dispatcher.run, name=f"tether.actors:{name}:dispatcher")
             nursery.start_soon(system._timers.run, name=f"tether.actors:{name}:timers")
             yield system
-            await system._shutdown()
+            await system._shutdown(shutdown_timeout)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # trio wraps even a lone exception of the block in an ExceptionGroup; callers of

@@ -106,6 +106,9 @@ class DisconnectCode(IntEnum):
     TOO_MANY_CONNECTIONS = 3505
     #: A frame that is illegal in the connection's state (e.g. a second ``hello``).
     PROTOCOL_VIOLATION = 3506
+    #: A newer connection resumed this connection's session (the client
+    #: reconnected before the server noticed this one was gone); do not reconnect.
+    SESSION_RESUMED = 3507
 
     @property
     def reconnect(self) -> bool:

@@ -60,6 +60,7 @@ __all__ = [
     "MAX_HISTORY_LIMIT",
     "MAX_RECEIPT_USERS",
     "MAX_REF",
+    "MAX_RESUME_ROOMS",
     "MAX_ROOM_ID_CHARS",
     "MAX_SEQ",
     "MAX_TYPING_USERS",
@@ -95,6 +96,7 @@ __all__ = [
     "Receipt",
     "ReceiptInfo",
     "Receipts",
+    "Recovered",
     "Reply",
     "RoomAdded",
     "RoomCreate",
@@ -150,6 +152,8 @@ MAX_BODY_DEPTH = 10
 MAX_RECEIPT_USERS = 1000
 #: A ``typing`` push lists at most 100 users.
 MAX_TYPING_USERS = 100
+#: ``hello.resume`` names at most 1000 rooms.
+MAX_RESUME_ROOMS = 1000
 # Durations and counters fit an int32, which every client language has.
 _MAX_INT32 = 2**31 - 1
 # msgpack ints span int64 and uint64; ping/pong counters may use all of it
@@ -801,6 +805,19 @@ class ReceiptInfo(Shape):
         _position(ReceiptInfo, "read", self.read)
 
 
+def _resume_map(value: object) -> dict[str, int]:
+    """Validate ``hello.resume``: room id → sequence number, at most MAX_RESUME_ROOMS."""
+    if not isinstance(value, Mapping) or len(value) > MAX_RESUME_ROOMS:
+        raise LocalProtocolError(
+            f"Expected {_where(Hello, 'resume')} to be a map of at most {MAX_RESUME_ROOMS} "
+            f"room ids to sequence numbers, got {_brief(value)}"
+        )
+    rooms: dict[str, int] = {}
+    for room, seq in value.items():
+        rooms[_room_id(Hello, room, "resume")] = _position(Hello, "resume", seq)
+    return rooms
+
+
 # --------------------------------------------------------------------------
 # Client → server frames.
 
@@ -816,6 +833,11 @@ class Hello(ClientEvent, _Request):
         device: stable per-device id chosen by the client (1..64 chars), or None
             to let the server make one for this connection.
         client: client software and version, e.g. ``"tether-py/0.1"`` (≤ 64 chars).
+        session: the ``session`` of an earlier ``welcome`` to resume (its presence
+            subscriptions come back), or None for a fresh session.
+        resume: room id → the highest sequence number the client holds without a
+            gap, for at most 1000 rooms; each named room replays what came after
+            and then answers ``recovered``.
     """
 
     TYPE: ClassVar[str] = "hello"
@@ -824,9 +846,15 @@ class Hello(ClientEvent, _Request):
     token: str = field(repr=False)
     device: str | None = None
     client: str | None = None
+    session: str | None = None
+    resume: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         _ref(Hello, self.ref)
+        if self.session is not None:
+            _str(Hello, "session", self.session, 1, MAX_ID_CHARS)
+        if self.resume is not None:
+            _set(self, "resume", _resume_map(self.resume))
         # The token is a secret: the message names its type and size only.
         token: object = self.token
         if not isinstance(token, str):
@@ -856,6 +884,7 @@ class Hello(ClientEvent, _Request):
         timeout_ms: int,
         server: str,
         limits: Mapping[str, int],
+        resumed: bool = False,
     ) -> Welcome:
         """Build the ``welcome`` answering this hello (see :class:`Welcome`).
 
@@ -872,6 +901,7 @@ class Hello(ClientEvent, _Request):
             timeout_ms=timeout_ms,
             server=server,
             limits=limits,
+            resumed=resumed,
         )
 
 
@@ -1531,6 +1561,8 @@ class Welcome(ServerFrame):
         timeout_ms: silence from the client longer than this closes with 3002.
         server: server software version (1..64 chars).
         limits: at least ``max_frame_bytes`` and ``max_frames_per_s`` (ints ≥ 0).
+        resumed: True when the hello's ``session`` was found and its state
+            (presence subscriptions) restored; False for a fresh session.
     """
 
     TYPE: ClassVar[str] = "welcome"
@@ -1544,9 +1576,11 @@ class Welcome(ServerFrame):
     timeout_ms: int
     server: str
     limits: Mapping[str, int]
+    resumed: bool = False
 
     def __post_init__(self) -> None:
         _ref(Welcome, self.ref)
+        _bool(Welcome, "resumed", self.resumed)
         _str(Welcome, "session", self.session, 1, MAX_ID_CHARS)
         _str(Welcome, "user", self.user, 1, MAX_ID_CHARS)
         _str(Welcome, "name", self.name, 0, MAX_NAME_CHARS)
@@ -1570,6 +1604,8 @@ class Welcome(ServerFrame):
         """Return the msgpack-ready map (see :meth:`Frame.to_wire`)."""
         wire = Frame.to_wire(self)
         wire["limits"] = dict(self.limits)
+        if not self.resumed:
+            del wire["resumed"]  # absent means false (and keeps v1.0 welcomes unchanged)
         return wire
 
 
@@ -1982,6 +2018,47 @@ class RoomAdded(ServerFrame):
     def __post_init__(self) -> None:
         _set(self, "room", _shape(RoomAdded, "room", self.room, RoomInfo))
         _int(RoomAdded, "unread", self.unread, 0, MAX_SEQ)
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovered(ServerFrame):
+    """``recovered``: a room named in ``hello.resume`` has replayed what the client missed.
+
+    The room pushes the missed ``msg`` frames first, in sequence order, then
+    this frame, then continues live: nothing is skipped or sent twice at the
+    seam. When ``complete`` is false the client must page ``history`` for what
+    it still lacks; recovery is never silently partial.
+
+    Attributes:
+        room: the room id.
+        complete: True when every message after the client's position was replayed.
+        replayed: how many ``msg`` frames were replayed just before this one.
+        head: the room's last sequence number when it answered.
+        first: when not complete, the first replayed seq (``history`` with
+            ``before=first`` fills the gap); None otherwise.
+        code: when the room could not be resumed at all, why (an error code:
+            120 not a member, 121 no such room, 108 storage unavailable); None otherwise.
+    """
+
+    TYPE: ClassVar[str] = "recovered"
+
+    room: str
+    complete: bool
+    replayed: int
+    head: int
+    first: int | None = None
+    code: int | None = None
+
+    def __post_init__(self) -> None:
+        _room_id(Recovered, self.room)
+        _bool(Recovered, "complete", self.complete)
+        _int(Recovered, "replayed", self.replayed, 0, MAX_SEQ)
+        _position(Recovered, "head", self.head)
+        if self.first is not None:
+            _seq(Recovered, "first", self.first)
+        if self.code is not None:
+            _int(Recovered, "code", self.code, 100, 999)
 
 
 # --------------------------------------------------------------------------

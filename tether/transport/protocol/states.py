@@ -191,6 +191,7 @@ _OPEN_SERVER = (
     "receipts",
     "typing",
     "read",
+    "recovered",
     "member",
     "room",
 )
