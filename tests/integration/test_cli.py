@@ -67,7 +67,7 @@ async def test_serve_then_sigterm_shuts_down_gracefully(tmp_path: Path) -> None:
                     continue
                 await stream.aclose()
                 break
-            async with connect(f"ws://127.0.0.1:{port}/ws", token) as client:
+            async with connect(f"ws://127.0.0.1:{port}/ws", token, reconnect=False) as client:
                 assert client.user == "alice"
                 process.send_signal(signal.SIGTERM)
                 closed = await client.wait_closed()

@@ -354,7 +354,7 @@ async def test_last_seen_survives_restart(
 async def test_graceful_shutdown_tells_clients_to_reconnect(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with running_server(make_config(tmp_path)) as (server, info):
-            async with client(info.url, "alice") as alice:
+            async with connect(info.url, token("alice"), reconnect=False) as alice:
                 server.request_shutdown()
                 closed = await alice.wait_closed()
                 assert (closed.code, closed.reconnect) == (3000, True)

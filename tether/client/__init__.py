@@ -16,10 +16,13 @@ The client answers server heartbeats for you, watches the server's liveness
 (no frame for ``heartbeat_ms + timeout_ms`` means a dead connection), matches
 replies to requests by ``ref``, turns pushes into typed events and errors into
 typed exceptions, and resends a message whose send failed temporarily with
-the same ``cid`` (the server stores it once). It speaks the protocol exactly
-as ``docs/protocol.md`` documents it, with plain msgpack maps: it doubles as a
-reference client for authors in other languages. The user guide is
-``docs/client.md``.
+the same ``cid`` (the server stores it once). When the connection drops it
+reconnects by itself (backoff with full jitter) and resumes: missed messages
+arrive as events, once each and in order, unanswered sends are resent with
+their ``cid``, and ``Reconnecting`` / ``Reconnected`` events tell the
+application. It speaks the protocol exactly as ``docs/protocol.md`` documents
+it, with plain msgpack maps: it doubles as a reference client for authors in
+other languages. The user guide is ``docs/client.md``.
 """
 
 from tether.client._client import (
@@ -40,7 +43,13 @@ from tether.client._client import (
     ReadStateEvent,
     ReceiptEntry,
     ReceiptsEvent,
+    ReconnectCallback,
+    Reconnected,
+    Reconnecting,
+    Recovered,
     RequestError,
+    RequestInterrupted,
+    ResyncFailed,
     Room,
     RoomAddedEvent,
     RoomKind,
@@ -48,6 +57,7 @@ from tether.client._client import (
     SendResult,
     ServerError,
     TetherError,
+    TokenProvider,
     TypingEvent,
     UnknownEvent,
     Welcome,
@@ -73,7 +83,13 @@ __all__ = [
     "ReadStateEvent",
     "ReceiptEntry",
     "ReceiptsEvent",
+    "ReconnectCallback",
+    "Reconnected",
+    "Reconnecting",
+    "Recovered",
     "RequestError",
+    "RequestInterrupted",
+    "ResyncFailed",
     "Room",
     "RoomAddedEvent",
     "RoomKind",
@@ -81,6 +97,7 @@ __all__ = [
     "SendResult",
     "ServerError",
     "TetherError",
+    "TokenProvider",
     "TypingEvent",
     "UnknownEvent",
     "Welcome",

@@ -196,9 +196,10 @@ async def fake_server(**welcome: Any) -> AsyncIterator[tuple[FakeServer, str]]:
 @asynccontextmanager
 async def session(user: str = "alice") -> AsyncIterator[tuple[FakeServer, Client]]:
     """A fake server and an SDK client connected to it as ``user``."""
+    # One connection: reconnecting is tested in test_client_reconnect.py.
     async with (
         fake_server() as (server, url),
-        connect(url, f"dev:{user}", device="laptop") as client,
+        connect(url, f"dev:{user}", device="laptop", reconnect=False) as client,
     ):
         yield server, client
 
@@ -999,7 +1000,7 @@ async def test_a_silent_server_is_closed_as_lost(lazy_clock: trio.testing.MockCl
     # frame the SDK gives up on it, as if the network had dropped (1006).
     with trio.fail_after(60):
         async with fake_server(heartbeat_ms=1_000, timeout_ms=2_000) as (_, url):
-            async with connect(url, "dev:alice") as client:
+            async with connect(url, "dev:alice", reconnect=False) as client:
                 start = trio.current_time()
                 with pytest.raises(ConnectionClosed) as caught:
                     await client.next_event()
@@ -1026,91 +1027,4 @@ def test_every_python_snippet_of_the_guide_compiles() -> None:
         )
 
 
-def echo_bot_example() -> dict[str, Any]:
-    """Execute the guide's complete example as a module named ``echo_bot``."""
-    text = GUIDE.read_text(encoding="utf-8")
-    match = re.search(r"<!-- example: echo-bot -->\n```python\n(.*?)```", text, re.S)
-    assert match is not None
-    namespace: dict[str, Any] = {"__name__": "echo_bot"}
-    exec(compile(match.group(1), "echo_bot.py", "exec"), namespace)
-    return namespace
-
-
-def bob_says(seq: int, text: str) -> dict[str, Any]:
-    return {
-        "room": R,
-        "seq": seq,
-        "cid": f"b-{seq}",
-        "sender": "bob",
-        "body": {"text": text},
-        "ts": TS1,
-    }
-
-
-async def test_the_guide_echo_bot_answers_once_across_a_reconnect(
-    lazy_clock: trio.testing.MockClock,
-) -> None:
-    bot = echo_bot_example()
-    own = {
-        "room": R,
-        "seq": 3,
-        "cid": "echo-2",
-        "sender": "echo",
-        "body": {"text": "echo: hi"},
-        "ts": TS2,
-    }
-    with trio.fail_after(120):
-        async with fake_server() as (server, url):
-            # First connection: one unread message to catch up with, then pushes.
-            server.answer(
-                "room.list", {"rooms": [{**ROOM_MAP, "last_seq": 2, "read_seq": 1, "unread": 1}]}
-            )
-            server.answer("history", {"messages": [bob_says(2, "hi")], "more": False})
-            server.answer("msg.send", {"seq": 3, "ts": TS2, "dup": False})
-            # The answer to seq 4 is stored, but the server restarts before replying.
-            server.answer("msg.send", Close(3000, "restarting"))
-            # Second connection: catch up finds seq 4 unanswered, resends: dup.
-            server.answer(
-                "room.list", {"rooms": [{**ROOM_MAP, "last_seq": 5, "read_seq": 2, "unread": 0}]}
-            )
-            echo4 = {
-                "room": R,
-                "seq": 5,
-                "cid": "echo-4",
-                "sender": "echo",
-                "body": {"text": "echo: and you?"},
-                "ts": TS2,
-            }
-            server.answer("history", {"messages": [bob_says(4, "and you?"), echo4], "more": False})
-            server.answer("msg.send", {"seq": 5, "ts": TS2, "dup": True})
-            server.answer("receipt", {}, Close(3504, "kicked"))  # terminal: the bot stops
-
-            async def push_after_catch_up() -> None:
-                await server.wait_received(5)
-                await server.push({"t": "msg", **bob_says(2, "hi")})  # already answered
-                await server.push({"t": "msg", **own})  # its own answer
-                await server.push({"t": "typing", "room": R, "users": ["bob"]})
-                await server.push({"t": "msg", **bob_says(4, "and you?")})
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(push_after_catch_up)
-                with pytest.raises(ConnectionClosed) as caught:
-                    await bot["main"](url, "dev:echo")
-    assert caught.value.code == 3504
-    assert server.hello["device"] == "echo-bot"
-    echo = {"text": "echo: and you?"}
-    assert [without_ref(f) if "ref" in f else f for f in server.received] == [
-        {"t": "room.list"},
-        {"t": "history", "room": R, "after": 1, "limit": 100},
-        {"t": "typing", "room": R, "typing": True},
-        {"t": "msg.send", "room": R, "cid": "echo-2", "body": {"text": "echo: hi"}},
-        {"t": "receipt", "room": R, "read": 2},
-        {"t": "typing", "room": R, "typing": True},
-        {"t": "msg.send", "room": R, "cid": "echo-4", "body": echo},
-        # reconnected
-        {"t": "room.list"},
-        {"t": "history", "room": R, "after": 3, "limit": 100},
-        {"t": "typing", "room": R, "typing": True},
-        {"t": "msg.send", "room": R, "cid": "echo-4", "body": echo},
-        {"t": "receipt", "room": R, "read": 4},
-    ]
+# The guide's complete example (the echo bot) runs in test_client_reconnect.py.
