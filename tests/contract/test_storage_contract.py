@@ -81,6 +81,60 @@ async def check_users(factory: StoreFactory) -> None:
         assert await store.get_last_seen([]) == {}
 
 
+async def check_online_users(factory: StoreFactory) -> None:
+    async with factory() as store:
+        await _users(store, "alice", "bob", "carol", "dave")
+        assert await store.online_users() == {}
+        await store.set_online("alice", 2)
+        await store.set_online("bob", 1)
+        await store.set_online("carol", 0)  # offline stays absent
+        assert await store.online_users() == {"alice": 2, "bob": 1}
+        await store.set_online("alice", 3)  # replaced, not added
+        await store.set_online("alice", 3)  # unchanged: still fine
+        await store.set_online("bob", 0)  # cleared
+        assert await store.online_users() == {"alice": 3}
+        # An unknown user: no error, and nothing appears.
+        await store.set_online("nobody", 5)
+        assert await store.online_users() == {"alice": 3}
+        with pytest.raises(NotFound):
+            await store.get_user("nobody")
+        # Neither a later sign-in nor last-seen touches the count.
+        await store.upsert_user("alice", "Alice again", now_ms=T0 + 1)
+        await store.touch_last_seen("alice", T0 + 2)
+        await store.set_online("dave", 2**31 - 1)  # the largest count
+        assert await store.online_users() == {"alice": 3, "dave": 2**31 - 1}
+    async with factory() as store:  # a restart, for persistent stores
+        assert await store.online_users() == {"alice": 3, "dave": 2**31 - 1}
+        await store.set_online("dave", 0)
+        await store.upsert_user("erin", "Erin", now_ms=T0)  # new users start offline
+    async with factory() as store:
+        assert await store.online_users() == {"alice": 3}
+
+
+async def check_online_validation(factory: StoreFactory) -> None:
+    async with factory() as store:
+        await _users(store, "alice")
+        await store.set_online("alice", 1)
+        bad: list[tuple[object, str]] = [
+            (-1, r"^Expected devices in 0\.\.2147483647, got -1$"),
+            (2**31, r"^Expected devices in 0\.\.2147483647, got 2147483648$"),
+            (True, r"^Expected devices to be an int, got bool$"),
+            (1.0, r"^Expected devices to be an int, got float$"),
+            ("2", r"^Expected devices to be an int, got str$"),
+        ]
+        for devices, message in bad:
+            with pytest.raises(ValueError, match=message):
+                await store.set_online("alice", devices)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^Expected a non-empty user_id$"):
+            await store.set_online("", 1)
+        with pytest.raises(
+            ValueError, match=r"^Expected user_id of at most 128 characters, got 129$"
+        ):
+            await store.set_online("u" * 129, 1)
+        # A refused call changed nothing.
+        assert await store.online_users() == {"alice": 1}
+
+
 async def check_rooms_and_membership(factory: StoreFactory) -> None:
     async with factory() as store:
         await _users(store, "alice", "bob", "carol")
@@ -788,6 +842,35 @@ async def check_batch_isolates_limit_exceeded(factory: SqlStoreFactory) -> None:
         assert [s.room.id for s in await store.rooms_for_user("carol")] == [rooms[0]]
 
 
+async def check_batch_with_set_online(factory: SqlStoreFactory) -> None:
+    """set_online ops share a transaction with failing ops and are unaffected."""
+    async with factory() as store:
+        await _users(store, "alice", "bob")
+        outcomes: dict[str, object] = {}
+
+        async def attempt(name: str, call: Callable[[], Awaitable[object]]) -> None:
+            try:
+                outcomes[name] = await call()
+            except NotFound as exc:
+                outcomes[name] = type(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt, "alice", lambda: store.set_online("alice", 2))
+            nursery.start_soon(attempt, "touch", lambda: store.touch_last_seen("nobody", T0))
+            nursery.start_soon(attempt, "ghost", lambda: store.set_online("ghost", 1))
+            nursery.start_soon(attempt, "bob", lambda: store.set_online("bob", 1))
+            nursery.start_soon(attempt, "room", lambda: store.add_member("no-room", "bob"))
+        assert store.statistics().last_batch_size == 5
+        assert outcomes == {
+            "alice": None,
+            "touch": NotFound,
+            "ghost": None,
+            "bob": None,
+            "room": NotFound,
+        }
+        assert await store.online_users() == {"alice": 2, "bob": 1}
+
+
 async def check_writes_flushed_on_close(factory: SqlStoreFactory) -> None:
     async with factory() as store:
         await _users(store, "alice")
@@ -812,6 +895,8 @@ async def check_writes_flushed_on_close(factory: SqlStoreFactory) -> None:
 #: Checks every Store implementation must pass.
 CHECKS = [
     check_users,
+    check_online_users,
+    check_online_validation,
     check_rooms_and_membership,
     check_room_mates,
     check_direct_rooms,
@@ -833,6 +918,7 @@ SQL_CHECKS = [
     check_group_commit_batches,
     check_batch_isolates_failures,
     check_batch_isolates_limit_exceeded,
+    check_batch_with_set_online,
     check_writes_flushed_on_close,
 ]
 

@@ -19,6 +19,7 @@ from tether.storage.records import (
     MAX_DEVICE_ID_LENGTH,
     MAX_HISTORY_LIMIT,
     MAX_NAME_LENGTH,
+    MAX_ONLINE_DEVICES,
     MAX_ROOM_ID_LENGTH,
     MAX_SEQ,
     MAX_SESSION_ID_LENGTH,
@@ -111,6 +112,19 @@ def check_int(what: str, value: object, *, minimum: int = 0) -> int:
         raise ValueError(f"Expected {what} to be an int, got {type(value).__name__}")
     if not minimum <= value <= MAX_SEQ:
         raise ValueError(f"Expected {what} in {minimum}..{MAX_SEQ}, got {value}")
+    return value
+
+
+def check_devices(value: object) -> int:
+    """Check a ``set_online`` device count (0..MAX_ONLINE_DEVICES).
+
+    Raises:
+      ValueError: not an int (bool is refused too) or out of range.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"Expected devices to be an int, got {type(value).__name__}")
+    if not 0 <= value <= MAX_ONLINE_DEVICES:
+        raise ValueError(f"Expected devices in 0..{MAX_ONLINE_DEVICES}, got {value}")
     return value
 
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -56,7 +57,7 @@ from tether.storage.errors import (
     map_exception,
     translate_errors,
 )
-from tether.storage.models import Base
+from tether.storage.models import ONLINE_PREDICATE, Base
 from tether.storage.records import (
     AppendResult,
     DeviceReceipt,
@@ -537,6 +538,20 @@ def touch_last_seen(connection: Connection, *, user_id: str, ts_ms: int) -> None
         _require_user(connection, user_id)
 
 
+def set_online(connection: Connection, *, user_id: str, devices: int) -> None:
+    """Store the user's live device count; an unknown user is ignored.
+
+    Never fails on its own: an UPDATE that matches no row (no such user, or
+    the count is unchanged) writes nothing, and nothing needs checking.
+    """
+    connection.execute(
+        users.update()
+        # Skip unchanged rows: no new row version, no index churn.
+        .where(users.c.id == user_id, users.c.online_devices != devices)
+        .values(online_devices=devices)
+    )
+
+
 def _insert_memberships(
     connection: Connection, room_id: str, owner_id: str, others: Sequence[str], now_ms: int
 ) -> None:
@@ -834,6 +849,19 @@ def get_last_seen(connection: Connection, user_ids: Sequence[str]) -> dict[str, 
     return result
 
 
+#: The query of ``online_users``. Its WHERE is the partial index's predicate
+#: verbatim, with a literal 0 rather than a bound parameter: SQLite uses a
+#: partial index only for a query term identical to its predicate (``>= 1``
+#: would scan), and PostgreSQL cannot match a generic plan's ``> $1`` to it
+#: (psycopg prepares a statement on its fifth run).
+_SELECT_ONLINE = select(users.c.id, users.c.online_devices).where(text(ONLINE_PREDICATE))
+
+
+def online_users(connection: Connection) -> dict[str, int]:
+    """Users with ``online_devices > 0`` and their counts (the partial index)."""
+    return {user_id: int(devices) for user_id, devices in connection.execute(_SELECT_ONLINE)}
+
+
 def get_room(connection: Connection, room_id: str) -> RoomRecord:
     """The room, or NotFound."""
     return _room_record(_get_room_row(connection, room_id))
@@ -898,24 +926,39 @@ def rooms_for_user(connection: Connection, user_id: str) -> list[RoomSummary]:
     return summaries
 
 
+# Built once: statement construction costs more than the query itself (this
+# runs at every connect, so a restart runs it once per reconnecting client).
+_MY_ROOMS = select(memberships.c.room_id).where(memberships.c.user_id == bindparam("user_id"))
+_MY_SMALL_ROOMS = (
+    select(memberships.c.room_id)
+    .where(memberships.c.room_id.in_(_MY_ROOMS))  # only the user's rooms are counted
+    .group_by(memberships.c.room_id)
+    .having(func.count() <= bindparam("max_members"))
+)
+_ROOM_MATES = (
+    select(memberships.c.user_id)
+    .distinct()
+    .where(memberships.c.room_id.in_(_MY_ROOMS), memberships.c.user_id != bindparam("user_id"))
+)
+_SMALL_ROOM_MATES = (
+    select(memberships.c.user_id)
+    .distinct()
+    .where(
+        memberships.c.room_id.in_(_MY_SMALL_ROOMS),
+        memberships.c.user_id != bindparam("user_id"),
+    )
+)
+
+
 def room_mates(connection: Connection, user_id: str, max_room_members: int | None) -> set[str]:
     """Users sharing at least one room with ``user_id`` (see RoomStore.room_mates)."""
-    mine = memberships.alias("mine")
-    theirs = memberships.alias("theirs")
-    query = (
-        select(theirs.c.user_id)
-        .distinct()
-        .join(mine, mine.c.room_id == theirs.c.room_id)
-        .where(mine.c.user_id == user_id, theirs.c.user_id != user_id)
-    )
-    if max_room_members is not None:
-        sizes = (
-            select(memberships.c.room_id)
-            .group_by(memberships.c.room_id)
-            .having(func.count() <= max_room_members)
+    if max_room_members is None:
+        rows = connection.execute(_ROOM_MATES, {"user_id": user_id})
+    else:
+        rows = connection.execute(
+            _SMALL_ROOM_MATES, {"user_id": user_id, "max_members": max_room_members}
         )
-        query = query.where(mine.c.room_id.in_(sizes))
-    return {row.user_id for row in connection.execute(query)}
+    return {row.user_id for row in rows}
 
 
 def history(

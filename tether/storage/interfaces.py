@@ -46,7 +46,7 @@ __all__ = ["MessageStore", "RoomStore", "SessionStore", "Store", "UserStore"]
 
 
 class UserStore(Protocol):
-    """Users and their last-seen times."""
+    """Users, their last-seen times, and who is online on this server."""
 
     async def upsert_user(
         self, user_id: str, name: str, *, now_ms: int | None = None
@@ -86,6 +86,33 @@ class UserStore(Protocol):
 
         Raises:
           NotFound: no such user.
+        """
+        ...
+
+    async def set_online(self, user_id: str, devices: int) -> None:
+        """Record that the user has ``devices`` live devices on this server.
+
+        A server writes this as devices connect and disconnect; after a
+        restart or crash :meth:`online_users` tells it who was online, so it
+        can hold their presence steady while they reconnect. The stored count
+        is replaced, not added to; 0 means offline.
+
+        An unknown user is ignored (no error, nothing stored): presence is a
+        hint, and its writer must not fail because a user is missing. Unlike
+        :meth:`touch_last_seen`, which raises NotFound.
+
+        Raises:
+          ValueError: ``devices`` not an int in 0..``MAX_ONLINE_DEVICES``
+            (``2**31 - 1``).
+        """
+        ...
+
+    async def online_users(self) -> dict[str, int]:
+        """Every user recorded with ``devices > 0``, mapped to the count.
+
+        Cheap with many stored users: its cost grows with the users online,
+        not with all users (SQL stores: a partial index on
+        ``users.online_devices WHERE online_devices > 0``).
         """
         ...
 

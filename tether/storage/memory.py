@@ -21,6 +21,7 @@ import trio
 from tether.storage._common import (
     check_client_id,
     check_device_id,
+    check_devices,
     check_history_args,
     check_int,
     check_kind,
@@ -60,6 +61,7 @@ class _User:
     name: str
     created_at_ms: int
     last_seen_ms: int | None = None
+    online_devices: int = 0
 
 
 @dataclass(slots=True)
@@ -229,6 +231,27 @@ class MemoryStore:
         self._require_user(user_id)
         user = self._users[user_id]
         return UserRecord(user_id, user.name, user.created_at_ms, user.last_seen_ms)
+
+    async def set_online(self, user_id: str, devices: int) -> None:
+        """See :meth:`tether.storage.interfaces.UserStore.set_online`."""
+        check_user_id(user_id)
+        check_devices(devices)
+        await trio.lowlevel.checkpoint()
+        user = self._users.get(user_id)
+        if user is not None:  # an unknown user is ignored, as SqlStore's UPDATE does
+            user.online_devices = devices
+
+    async def online_users(self) -> dict[str, int]:
+        """See :meth:`tether.storage.interfaces.UserStore.online_users`.
+
+        Scans every user: the memory store is for small data sets.
+        """
+        await trio.lowlevel.checkpoint()
+        return {
+            user_id: user.online_devices
+            for user_id, user in self._users.items()
+            if user.online_devices > 0
+        }
 
     # -- RoomStore --------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 declarative models: the schema of a tether database.
 
 The models describe the schema; the migrations in ``migrations/versions``
-create it (revision ``0001`` the messaging tables, ``0002`` the sessions),
-and a unit test checks that the migrated database and these models agree. The store itself runs Core
+create it (revision ``0001`` the messaging tables, ``0002`` the sessions,
+``0003`` ``users.online_devices``), and a unit test checks that the migrated
+database and these models agree. The store itself runs Core
 statements against ``Model.__table__``: the ORM's unit of work would cost
 more per row than the whole group-committed insert.
 
@@ -19,12 +20,14 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -60,15 +63,35 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: The rows ``online_users`` reads; also the predicate of its partial index.
+ONLINE_PREDICATE = "online_devices > 0"
+
+
 class User(Base):
-    """A user, created on first sign-in."""
+    """A user, created on first sign-in.
+
+    ``online_devices``: live devices on this server (``set_online``), so that
+    a restarted server knows who was online.
+    """
 
     __tablename__ = "users"
+    __table_args__ = (
+        # Partial: it holds the online users only, so ``online_users`` reads
+        # them without scanning every user, and offline users cost nothing.
+        # The query must repeat the predicate verbatim for SQLite's planner.
+        Index(
+            None,
+            "online_devices",
+            sqlite_where=text(ONLINE_PREDICATE),
+            postgresql_where=text(ONLINE_PREDICATE),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(MAX_USER_ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH))
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     last_seen_ms: Mapped[int | None] = mapped_column(BigInteger)
+    online_devices: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Room(Base):

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_DEVICE_ID_LENGTH",
     "MAX_HISTORY_LIMIT",
     "MAX_NAME_LENGTH",
+    "MAX_ONLINE_DEVICES",
     "MAX_ROOM_ID_LENGTH",
     "MAX_SEQ",
     "MAX_SESSION_ID_LENGTH",
@@ -53,6 +54,8 @@ MAX_HISTORY_LIMIT: Final = 500
 MAX_SESSION_ID_LENGTH: Final = 128
 #: Most user ids one session may watch.
 MAX_SESSION_WATCHING: Final = 1000
+#: Most live devices ``set_online`` records for one user (the INTEGER range).
+MAX_ONLINE_DEVICES: Final = 2**31 - 1
 #: Largest sequence number or timestamp (the signed 64-bit range of BIGINT).
 MAX_SEQ: Final = 2**63 - 1
 

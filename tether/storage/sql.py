@@ -42,6 +42,7 @@ from tether.storage import _sqlops as ops
 from tether.storage._common import (
     check_client_id,
     check_device_id,
+    check_devices,
     check_history_args,
     check_int,
     check_kind,
@@ -426,6 +427,17 @@ class SqlStore:
     async def get_user(self, user_id: str) -> UserRecord:
         """See :meth:`tether.storage.interfaces.UserStore.get_user`."""
         return await self._read(ops.get_user, check_user_id(user_id))
+
+    async def set_online(self, user_id: str, devices: int) -> None:
+        """See :meth:`tether.storage.interfaces.UserStore.set_online`."""
+        op = ops.single(
+            ops.set_online, user_id=check_user_id(user_id), devices=check_devices(devices)
+        )
+        await self._write(op)
+
+    async def online_users(self) -> dict[str, int]:
+        """See :meth:`tether.storage.interfaces.UserStore.online_users`."""
+        return await self._read(ops.online_users)
 
     # -- RoomStore --------------------------------------------------------
 

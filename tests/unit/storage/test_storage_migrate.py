@@ -36,10 +36,10 @@ def _schema_diff(engine: sa.Engine) -> list[object]:
 
 
 def _check_upgrade(url: str) -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
     upgrade(url)  # idempotent
     engine = create_engine_for(url)
     try:
@@ -51,7 +51,7 @@ def _check_upgrade(url: str) -> None:
         assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
         assert current_revision(engine) is None
         upgrade(engine)  # and the engine stays usable by the caller
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003"
     finally:
         engine.dispose()
 
@@ -66,7 +66,7 @@ def _check_sessions_revision(url: str) -> None:
             connection.execute(
                 sa.text("INSERT INTO users (id, name, created_at_ms) VALUES ('alice', 'A', 1)")
             )
-        upgrade(engine)
+        upgrade(engine, "0002")
         assert current_revision(engine) == "0002"
         inspector = sa.inspect(engine)
         assert {i["name"] for i in inspector.get_indexes("sessions")} == {
@@ -91,6 +91,91 @@ def _check_sessions_revision(url: str) -> None:
         engine.dispose()
 
 
+def _users_columns(engine: sa.Engine) -> list[str]:
+    return [column["name"] for column in sa.inspect(engine).get_columns("users")]
+
+
+def _check_online_revision(url: str) -> None:
+    """0002 -> 0003 adds users.online_devices (0 for existing users); and back."""
+    upgrade(url, "0002")
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO users (id, name, created_at_ms, last_seen_ms) "
+                    "VALUES ('alice', 'A', 1, 5), ('bob', 'B', 2, NULL)"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO rooms (id, kind, name, owner_id, created_at_ms) "
+                    "VALUES ('r1', 'public', 'R', 'alice', 3)"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO memberships (room_id, user_id, role, joined_at_ms) "
+                    "VALUES ('r1', 'alice', 'owner', 3), ('r1', 'bob', 'member', 3)"
+                )
+            )
+        assert "online_devices" not in _users_columns(engine)
+        upgrade(engine)
+        assert current_revision(engine) == "0003"
+        inspector = sa.inspect(engine)
+        (index,) = [
+            i for i in inspector.get_indexes("users") if i["name"] == "ix_users_online_devices"
+        ]
+        assert index["column_names"] == ["online_devices"]
+        # Partial: the predicate as the database reports it back.
+        where = index.get("dialect_options", {}).get(f"{engine.dialect.name}_where")
+        assert where is not None, index
+        assert "online_devices > 0" in str(where), index
+        select_users = sa.text(
+            "SELECT id, name, created_at_ms, last_seen_ms, online_devices FROM users ORDER BY id"
+        )
+        with engine.begin() as connection:
+            # Existing users are offline; their other columns are untouched.
+            assert connection.execute(select_users).all() == [
+                ("alice", "A", 1, 5, 0),
+                ("bob", "B", 2, None, 0),
+            ]
+            connection.execute(sa.text("UPDATE users SET online_devices = 2 WHERE id = 'bob'"))
+            # The server default holds for rows inserted without the column.
+            connection.execute(
+                sa.text("INSERT INTO users (id, name, created_at_ms) VALUES ('carol', 'C', 4)")
+            )
+            online = sa.text("SELECT id, online_devices FROM users WHERE online_devices > 0")
+            assert connection.execute(online).all() == [("bob", 2)]
+        with engine.begin() as connection:
+            command.downgrade(_config(connection), "0002")
+        assert current_revision(engine) == "0002"
+        assert "online_devices" not in _users_columns(engine)
+        assert "ix_users_online_devices" not in {
+            i["name"] for i in sa.inspect(engine).get_indexes("users")
+        }
+        with engine.begin() as connection:
+            # Downgrading kept every user and everything referring to them.
+            assert connection.execute(
+                sa.text("SELECT id, name, created_at_ms, last_seen_ms FROM users ORDER BY id")
+            ).all() == [("alice", "A", 1, 5), ("bob", "B", 2, None), ("carol", "C", 4, None)]
+            assert connection.execute(
+                sa.text("SELECT user_id FROM memberships ORDER BY user_id")
+            ).scalars().all() == ["alice", "bob"]
+        upgrade(engine)  # and up again: everyone starts offline
+        assert current_revision(engine) == "0003"
+        assert _schema_diff(engine) == []
+        with engine.begin() as connection:
+            assert (
+                connection.execute(
+                    sa.text("SELECT count(*) FROM users WHERE online_devices > 0")
+                ).scalar_one()
+                == 0
+            )
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_upgrade_matches_models(tmp_path: Path) -> None:
     _check_upgrade(default_url(tmp_path / "new-folder"))
 
@@ -107,6 +192,15 @@ def test_sqlite_sessions_revision(tmp_path: Path) -> None:
 @pytest.mark.postgresql
 def test_postgres_sessions_revision(pg_schema_url: str) -> None:
     _check_sessions_revision(pg_schema_url)
+
+
+def test_sqlite_online_revision(tmp_path: Path) -> None:
+    _check_online_revision(default_url(tmp_path))
+
+
+@pytest.mark.postgresql
+def test_postgres_online_revision(pg_schema_url: str) -> None:
+    _check_online_revision(pg_schema_url)
 
 
 @pytest.mark.postgresql
@@ -126,7 +220,7 @@ def test_postgres_concurrent_upgrades_serialise(pg_schema_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert current_revision(pg_schema_url) == "0002"
+    assert current_revision(pg_schema_url) == "0003"
 
 
 def test_unopenable_sqlite_is_unavailable(tmp_path: Path) -> None:
@@ -146,7 +240,7 @@ async def test_open_store_without_migrate_needs_current_schema(tmp_path: Path) -
     url = default_url(tmp_path)
     with pytest.raises(
         StorageError,
-        match=r"^Expected the database schema at revision '0002', got None; "
+        match=r"^Expected the database schema at revision '0003', got None; "
         r"run `tether db upgrade`$",
     ):
         async with open_store(url, migrate=False):
