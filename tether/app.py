@@ -41,6 +41,9 @@ from tether.transport.websocket import WebSocketConnection
 
 log = logging.getLogger("tether.server")
 
+#: How long a closed connection's reader waits for its actor to stop.
+_STOP_WAIT_S = 2.0
+
 SERVER_NAME = f"tether/{__version__}"
 
 
@@ -110,10 +113,12 @@ class Server:
                         protocol_limits=Limits(max_frame_bytes=config.max_frame_bytes),
                     )
                     self.ctx = ctx
+                    await _load_presumed_online(ctx)
                     system.registry.subscribe(_ConnectionsGone(self))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(writer.run)
                         nursery.start_soon(_expire_sessions, store, config.session_ttl)
+                        nursery.start_soon(_expire_presumed_online, ctx)
                         listener: Listener = await nursery.start(self._serve, ssl_context)
                         self.listener = listener
                         scheme = "wss" if ssl_context else "ws"
@@ -217,7 +222,14 @@ class Server:
         finally:
             with contextlib.suppress(ActorDeadError, MailboxFull):
                 ref.tell(PeerClosed(ws.close_code or 1006))
-            with trio.CancelScope(shield=True):
+            # Shielded so a cancelled reader still lets its actor finish, but
+            # bounded: when the actor system itself is being cancelled, the
+            # stop never completes and waiting would hang the server.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(_STOP_WAIT_S),
+                contextlib.suppress(ActorDeadError),
+            ):
                 await ref.stop(reason=StopReason.CLIENT_LEFT)
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
@@ -281,3 +293,30 @@ async def _expire_sessions(store: Store, ttl: float) -> None:
             if removed:
                 log.info("deleted %d expired sessions", removed)
         await trio.sleep(min(ttl, 3600.0))
+
+
+async def _load_presumed_online(ctx: ServerContext) -> None:
+    """Learn who was online when the previous process stopped (see ServerContext)."""
+    ctx.started_at = trio.current_time()
+    ctx.started_at_ms = int(time.time() * 1000)
+    try:
+        ctx.presumed_online = await ctx.store.online_users()
+    except StorageUnavailable as exc:
+        log.warning("who was online before the restart is unknown: %r", exc)
+        return
+    if ctx.presumed_online:
+        log.info(
+            "%d users were online before this start; they stay so for %.0fs",
+            len(ctx.presumed_online),
+            ctx.config.offline_grace,
+        )
+
+
+async def _expire_presumed_online(ctx: ServerContext) -> None:
+    """After the grace, users presumed online who never came back are offline."""
+    await trio.sleep(ctx.config.offline_grace)
+    writer = ctx.presence_writer
+    for user_id in list(ctx.presumed_online):
+        writer.note_online(user_id, 0)
+        writer.note_last_seen(user_id, ctx.started_at_ms)
+    ctx.presumed_online.clear()

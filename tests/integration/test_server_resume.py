@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from tether.bench.wsclient import LeanConnection
 from tether.testing import make_config, running_server, token
@@ -134,7 +135,8 @@ async def test_replay_reads_storage_after_a_restart(tmp_path: Path) -> None:
         presence = [f for f in others if f["t"] == "presence"]
         if not presence:
             presence = [await bob.push("presence", user="alice")]
-        assert [(p["user"], p["status"]) for p in presence] == [("alice", "offline")]
+        # alice was online at the restart: presumed so during the grace
+        assert [(p["user"], p["status"]) for p in presence] == [("alice", "online")]
 
 
 async def test_a_large_gap_replays_the_newest_and_says_so(tmp_path: Path) -> None:
@@ -243,3 +245,43 @@ async def test_no_gap_and_no_duplicate_while_resuming_under_traffic(tmp_path: Pa
                             received.append(frame["seq"])
         assert received == list(range(1, total + 1))
         assert resumes >= 5
+
+
+async def test_presence_does_not_flap_across_a_restart(
+    tmp_path: Path, lazy_clock: trio.testing.MockClock, ticking: None
+) -> None:
+    """Users online before a restart stay online for watchers while they come back.
+
+    Alice comes back in time: bob, who watches her, sees no offline/online pair.
+    Carol never comes back: bob sees her go offline once the grace is over,
+    with last_seen at the restart.
+    """
+    config = make_config(tmp_path)
+    with trio.fail_after(300):
+        async with running_server(config) as (_, info):
+            async with clients(info.port, ("alice", "a"), ("bob", "b"), ("carol", "c")) as (
+                alice,
+                bob,
+                _carol,
+            ):
+                await alice.ok("room.create", name="r", kind="private", members=["bob", "carol"])
+                await bob.ok("presence.subscribe", users=["alice", "carol"])
+                session = bob.welcome["session"]
+            port = info.port
+        async with running_server(make_config(tmp_path, port=port)) as (server, info):
+            assert server.ctx is not None
+            restarted_ms = server.ctx.started_at_ms
+            async with resumed(info.port, "bob", "b", session=session, resume={}) as bob2:
+                assert bob2.welcome["resumed"] is True
+                seen = {}
+                while len(seen) < 2:
+                    frame = await bob2.push("presence")
+                    seen[frame["user"]] = frame["status"]
+                assert seen == {"alice": "online", "carol": "online"}
+                async with clients(info.port, ("alice", "a")):
+                    await bob2.nothing("presence", within=1.0)
+                    # carol's grace ends: one offline event, for her only
+                    frame = await bob2.push("presence", timeout=config.offline_grace + 30)
+                    assert (frame["user"], frame["status"]) == ("carol", "offline")
+                    assert frame["last_seen"] == restarted_ms
+                    await bob2.nothing("presence", within=1.0)

@@ -412,9 +412,13 @@ class ConnectionActor(PipeToSelf):
                 timeout_ms=int(config.heartbeat_timeout * 1000),
                 server=self.ctx.server_version,
                 limits={
-                    "max_frame_bytes": config.max_frame_bytes,
-                    "max_frames_per_s": int(config.max_frames_per_s),
+                    **self.ctx.protocol_limits.advertised(
+                        max_frames_per_s=int(config.max_frames_per_s)
+                    ),
+                    "max_bytes_per_s": config.max_bytes_per_s,
                     "max_presence_subscriptions": config.max_presence_subscriptions,
+                    "max_connections_per_user": config.max_connections_per_user,
+                    "max_rooms_per_user": config.max_rooms_per_user,
                 },
                 resumed=self.resumed,
             )

@@ -33,6 +33,8 @@ class PresenceStore(Protocol):
 
     async def get_last_seen(self, user_ids: list[str]) -> dict[str, int | None]: ...
 
+    async def set_online(self, user_id: str, devices: int) -> None: ...
+
 
 @dataclass(slots=True)
 class Counters:
@@ -134,6 +136,7 @@ class PresenceWriter:
         self._interval = interval
         self._last_seen: dict[str, int] = {}
         self._users: dict[str, str] = {}
+        self._online: dict[str, int] = {}
         self._wake = trio.Event()
         self.flushed = 0
         self.failures = 0
@@ -148,6 +151,15 @@ class PresenceWriter:
         self._users[user_id] = name
         self._wake.set()
 
+    def note_online(self, user_id: str, devices: int) -> None:
+        """Record how many devices of ``user_id`` are online (0: announced offline).
+
+        Persisted so that after a restart or a crash the server knows who was
+        online and keeps them so for a grace period (no presence flap).
+        """
+        self._online[user_id] = devices
+        self._wake.set()
+
     def pending_last_seen(self, user_id: str) -> int | None:
         """A ``last_seen`` not yet written (newer than what storage has)."""
         return self._last_seen.get(user_id)
@@ -155,7 +167,7 @@ class PresenceWriter:
     @property
     def pending(self) -> int:
         """Values waiting to be written."""
-        return len(self._last_seen) + len(self._users)
+        return len(self._last_seen) + len(self._users) + len(self._online)
 
     async def run(self) -> None:
         """Flush forever (cancel to stop; call :meth:`flush` afterwards).
@@ -187,16 +199,20 @@ class PresenceWriter:
         """
         users, self._users = self._users, {}
         seen, self._last_seen = self._last_seen, {}
+        online, self._online = self._online, {}
         try:
             await self._write_all(self._store.upsert_user, list(users.items()))
             await self._write_all(self._store.touch_last_seen, list(seen.items()))
+            await self._write_all(self._store.set_online, list(online.items()))
         except BaseException:
             for user_id, name in users.items():
                 self._users.setdefault(user_id, name)
             for user_id, ts in seen.items():
                 self.note_last_seen(user_id, ts)
+            for user_id, devices in online.items():
+                self._online.setdefault(user_id, devices)
             raise
-        self.flushed += len(users) + len(seen)
+        self.flushed += len(users) + len(seen) + len(online)
 
     async def _write_all(
         self, write: Callable[[str, Any], Awaitable[object]], items: list[tuple[str, Any]]
@@ -360,6 +376,14 @@ class ServerContext:
     known_users: set[str] = field(default_factory=set)
     #: Resumable sessions (see ``tether.actors.sessions``).
     sessions: SessionRegistry = field(init=False)
+    #: Users storage says were online when this process started (a restart or
+    #: a crash): user id → devices. Their UserActor starts in the offline
+    #: grace period, as if their connections had just dropped; entries are
+    #: taken by the UserActor or expired by the server after the grace.
+    presumed_online: dict[str, int] = field(default_factory=dict)
+    #: When this process started serving (trio clock, and Unix ms).
+    started_at: float = 0.0
+    started_at_ms: int = 0
     _conn_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:

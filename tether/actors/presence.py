@@ -154,6 +154,19 @@ class PresenceState:
             self.last_seen_ms = now_ms
         return self._publish_if_changed()
 
+    def presume_online(self, devices: int, now_ms: int) -> None:
+        """Start as if the user's connections had just dropped (server restart).
+
+        Subscribers see the user online with ``devices`` devices; a reconnect
+        within the grace period changes nothing visible, its end announces
+        offline with ``last_seen`` = ``now_ms`` (the restart).
+        """
+        if self._connections:
+            return
+        self.last_seen_ms = now_ms
+        self._published = PresenceSnapshot(self.user, Status.ONLINE, max(1, devices), now_ms)
+        self._in_grace = True
+
     def set_idle(self, conn_id: int, idle: bool) -> PresenceSnapshot | None:
         """A device reported itself idle (``True``) or active (``False``)."""
         conn = self._connections.get(conn_id)

@@ -294,7 +294,9 @@ class RoomActor(PipeToSelf):
             case IoDone():
                 self._io_done(message)
             case ConnectionGone():
-                if self.typists.stop(message.user):
+                # Only when the user has no connection left: another device
+                # may be the one typing now (a stale entry expires anyway).
+                if not self.ctx.online.is_online(message.user) and self.typists.stop(message.user):
                     self._push_typing()
             case _FlushReceipts():
                 self._receipt_timer = False
@@ -773,6 +775,11 @@ class RoomActor(PipeToSelf):
             code=None if code is None else int(code),
         )
         out = [frame for _, frame in replay]
+        if code is None:
+            # The current typing list, so that no indicator from before the
+            # drop (or a restart) stays stuck on the client.
+            typists = tuple(self.typists.users()[:MAX_TYPING_PER_PUSH])
+            out.append(encode_frame(codec.encode(TypingUsers(room=self.room_id, users=typists))))
         out.append(encode_frame(codec.encode(recovered)))
         msg.outbox.release(self.room_id, out, head)
         self.ctx.counters.replayed_messages += len(replay)

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from tether.actors import Actor, ActorDeadError, ActorRef, MailboxFull, StopReason, TimerHandle
 from tether.actors.context import ServerContext
 from tether.actors.messages import (
@@ -83,6 +85,15 @@ class UserActor(Actor):
     # -- pykka hooks ----------------------------------------------------------
     async def on_start(self) -> None:  # type: ignore[override]  # async hooks are ours
         """Load ``last_seen``; runs in a temporary task before any message."""
+        devices = self.ctx.presumed_online.pop(self.user_id, None)
+        if devices is not None:
+            # Online when the server went down: in grace until they are back.
+            elapsed = trio.current_time() - self.ctx.started_at
+            remaining = max(0.0, self.ctx.config.offline_grace - elapsed)
+            self.state.presume_online(devices, self.ctx.started_at_ms)
+            self._grace_epoch += 1
+            self._grace = self.call_later(remaining, GraceExpired(self._grace_epoch))
+            return
         pending = self.ctx.presence_writer.pending_last_seen(self.user_id)
         if pending is not None:
             self.state.last_seen_ms = pending
@@ -153,6 +164,7 @@ class UserActor(Actor):
             self.ctx.presence_writer.note_user(self.user_id, msg.name)
         self._tell(msg.connection, Attached())
         self._announce(self.state.connect(msg.conn_id, msg.device))
+        self.ctx.presence_writer.note_online(self.user_id, self.state.devices())
 
     def _on_detach(self, msg: Detach) -> None:
         if self.connections.pop(msg.conn_id, None) is None:
@@ -169,6 +181,10 @@ class UserActor(Actor):
                 self._grace = self.call_later(
                     self.ctx.config.offline_grace, GraceExpired(self._grace_epoch)
                 )
+        if self.connections:
+            self.ctx.presence_writer.note_online(self.user_id, self.state.devices())
+        elif not self.state.in_grace:  # bye: offline at once
+            self.ctx.presence_writer.note_online(self.user_id, 0)
         self._announce(snapshot)
         self._maybe_retire()
 
@@ -176,7 +192,12 @@ class UserActor(Actor):
         if msg.epoch != self._grace_epoch:
             return  # a reconnect cancelled that grace period
         self._grace = None
-        self._announce(self.state.grace_expired(_now_ms()))
+        snapshot = self.state.grace_expired(_now_ms())
+        if snapshot is not None and not self.connections:
+            self.ctx.presence_writer.note_online(self.user_id, 0)
+            if self.state.last_seen_ms is not None:
+                self.ctx.presence_writer.note_last_seen(self.user_id, self.state.last_seen_ms)
+        self._announce(snapshot)
         self._maybe_retire()
 
     def _on_tick(self) -> None:

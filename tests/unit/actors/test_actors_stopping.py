@@ -348,3 +348,21 @@ async def test_a_crashing_system_task_tears_the_actors_down() -> None:
     with pytest.raises(OSError, match=r"^listener died$"):
         await body()
     assert log == [("bystander", StopReason.SHUTDOWN)]
+
+
+async def test_graceful_close_is_bounded_by_shutdown_timeout(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[Any] = []
+    started = trio.current_time()
+    async with open_actor_system(shutdown_timeout=5.0):
+        hung = Blocker.start(log, trio.Event())  # never released
+        hung.tell("work")
+        well = Counter.start(log, name="well")
+        await well.ask(1)
+    # The healthy actor stopped gracefully; the hung one was torn down at the deadline.
+    assert trio.current_time() - started == pytest.approx(5.0, abs=0.5)
+    assert ("well", StopReason.SHUTDOWN) in log
+    assert ("handling", "work") in log
+    assert any(entry[0] == "on_stop" for entry in log)
+    assert "did not stop within 5.0s" in caplog.text

@@ -66,6 +66,37 @@ def test_deliberate_leave_skips_grace() -> None:
     assert not state.in_grace
 
 
+def test_presumed_online_after_restart_returns_without_an_event() -> None:
+    state = PresenceState("u")
+    state.presume_online(2, now_ms=500)
+    assert state.in_grace
+    assert (state.published.status, state.published.devices) == (Status.ONLINE, 2)
+    # the first device back: still online (only the device count may move)
+    first = state.connect(1, "phone")
+    assert first is not None
+    assert (first.status, first.devices) == (Status.ONLINE, 1)
+    assert state.connect(2, "laptop") is not None  # two devices again
+    assert state.published.status is Status.ONLINE
+    one = PresenceState("v")
+    one.presume_online(1, now_ms=500)
+    assert one.connect(1, "phone") is None  # back as it was: nothing to announce
+
+
+def test_presumed_online_who_never_returns_goes_offline_at_grace_end() -> None:
+    state = PresenceState("u", last_seen_ms=100)
+    state.presume_online(1, now_ms=500)
+    snapshot = state.grace_expired(now_ms=9_000)
+    assert snapshot == PresenceSnapshot("u", Status.OFFLINE, 0, 500)
+
+
+def test_presume_online_is_ignored_once_connected() -> None:
+    state = PresenceState("u")
+    state.connect(1, "d")
+    state.presume_online(3, now_ms=500)
+    assert not state.in_grace
+    assert state.published.devices == 1
+
+
 def test_away_when_every_device_idle() -> None:
     state = PresenceState("alice")
     state.connect(1, "laptop")
