@@ -28,6 +28,7 @@ BENCHMARKS = {
     "fanout": "tether.bench.fanout",
     "idle": "tether.bench.idle",
     "presence": "tether.bench.presence",
+    "recovery": "tether.bench.recovery",
     "rooms": "tether.bench.rooms",
     "store": "tether.bench.store",
 }

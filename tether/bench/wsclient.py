@@ -86,7 +86,9 @@ class LeanConnection:
         conn = cls(sock, user)
         await conn.send_all(request)
         while b"\r\n\r\n" not in conn.buf:
-            await conn.recv_some()
+            if not await conn.recv_some():
+                sock.close()
+                raise OSError("connection closed during the WebSocket upgrade")
         head, _, rest = bytes(conn.buf).partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             sock.close()
