@@ -285,3 +285,18 @@ async def test_presence_does_not_flap_across_a_restart(
                     assert (frame["user"], frame["status"]) == ("carol", "offline")
                     assert frame["last_seen"] == restarted_ms
                     await bob2.nothing("presence", within=1.0)
+
+
+async def test_every_session_survives_a_restart(tmp_path: Path) -> None:
+    """Even without subscriptions: the server-made device id comes back too."""
+    async with running_server(make_config(tmp_path)) as (_, info):
+        conn = await LeanConnection.open("127.0.0.1", info.port, "dave")
+        welcome = await conn.hello(token("dave"))  # no device: the server makes one
+        conn.close()
+        port = info.port
+    async with (
+        running_server(make_config(tmp_path, port=port)) as (_, info),
+        resumed(info.port, "dave", "", session=str(welcome["session"]), resume={}) as dave,
+    ):
+        assert dave.welcome["resumed"] is True
+        assert dave.welcome["device"] == welcome["device"]

@@ -351,8 +351,7 @@ class ConnectionActor(PipeToSelf):
         wanted = self._hello.session
         sessions = self.ctx.sessions
         if wanted is None:
-            self.session = sessions.new(user_id, self.device, self.ref)
-            self._attach()
+            self._new_session()
             return
         session, previous = sessions.claim(wanted, user_id, self.ref)
         if session is not None:
@@ -366,11 +365,18 @@ class ConnectionActor(PipeToSelf):
                 log.info("connection %s: session not loaded: %r", self.conn_id, error)
             if error is None and record is not None and record.user_id == user_id:
                 self._resume_session(sessions.adopt(record, self.ref), None)
+                self._attach()
             else:
-                self.session = sessions.new(user_id, self.device, self.ref)
-            self._attach()
+                self._new_session()
 
         self._io(lambda: store.load_session(wanted), loaded)
+
+    def _new_session(self) -> None:
+        """Start a fresh session, stored so that it survives a restart, then attach."""
+        assert self.identity is not None
+        self.session = self.ctx.sessions.new(self.identity.user_id, self.device, self.ref)
+        self._save_session()
+        self._attach()
 
     def _resume_session(self, session: Session, previous: Any) -> None:
         assert self._hello is not None

@@ -7,9 +7,9 @@ again at every connect, so they are not kept). ``welcome.session`` names it;
 a client that reconnects sends it back in ``hello.session``.
 
 The registry holds live sessions and, for ``session_ttl`` after their
-connection ended, dormant ones. Sessions with explicit subscriptions are also
-written to storage (``sessions`` table), so a resume works after a restart or
-a crash; the in-memory copy is the fast path. Everything here runs on the trio
+connection ended, dormant ones. Sessions are also written to storage
+(``sessions`` table) when they start and when their subscriptions change, so
+a resume works after a restart or a crash; the in-memory copy is the fast path. Everything here runs on the trio
 thread.
 """
 
@@ -25,7 +25,7 @@ import trio
 from tether.storage.records import SessionRecord
 
 #: Dormant sessions kept in memory at most (the oldest go first; storage
-#: still has those with subscriptions).
+#: still has them).
 MAX_DORMANT_SESSIONS = 100_000
 #: Explicit subscriptions written to storage per session (the storage limit).
 MAX_STORED_WATCHING = 1000
