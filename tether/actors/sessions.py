@@ -9,8 +9,8 @@ a client that reconnects sends it back in ``hello.session``.
 The registry holds live sessions and, for ``session_ttl`` after their
 connection ended, dormant ones. Sessions are also written to storage
 (``sessions`` table) when they start and when their subscriptions change, so
-a resume works after a restart or a crash; the in-memory copy is the fast path. Everything here runs on the trio
-thread.
+a resume works after a restart or a crash; the in-memory copy is the fast
+path. Everything here runs on the trio thread.
 """
 
 from __future__ import annotations
