@@ -792,6 +792,31 @@ def _closed_from(reason: Any) -> ConnectionClosed:
 # -- backoff --------------------------------------------------------------------
 
 
+class _Pacer:
+    """Lets at most ``per_second`` frames through per second (0: no limit).
+
+    The first second's worth goes at once (the server allows a burst), then
+    one frame every ``1 / per_second`` seconds.
+    """
+
+    def __init__(self, per_second: int) -> None:
+        self._interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._free = per_second
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        if self._free > 0:
+            self._free -= 1
+            self._next = trio.current_time() + self._interval
+            return
+        now = trio.current_time()
+        if self._next > now:
+            await trio.sleep(self._next - now)
+        self._next = max(now, self._next) + self._interval
+
+
 def _backoff_delay(attempt: int) -> float:
     """Seconds to wait before retry number ``attempt + 1`` of a send (full jitter)."""
     return _random.uniform(0.0, min(RETRY_CAP_S, RETRY_BASE_S * 2.0**attempt))
@@ -2033,11 +2058,21 @@ class Client:
         raise link.closed
 
     async def _restore(self, link: _Link) -> None:
-        """Before a connection is ready: idle state, queued receipts, queued requests in order."""
+        """Before a connection is ready: idle state, queued receipts, queued requests in order.
+
+        Paced to the server's advertised ``max_frames_per_s``: a client that
+        comes back with hundreds of queued sends must not trip the server's
+        flood protection (103 errors, then close 3004) while catching up.
+        """
+        welcome = self.welcome
+        per_second = int(welcome.limits.get("max_frames_per_s", 0)) if welcome else 0
+        pace = _Pacer(per_second)
         if self._idle:
+            await pace.wait()
             await self._send_bytes(link, msgpack.packb({"t": "presence.set", "status": "idle"}))
         while self._receipts and link.closed is None:
             room, positions = self._receipts.popitem(last=False)
+            await pace.wait()
             await self._send_bytes(link, msgpack.packb({"t": "receipt", "room": room, **positions}))
         while link.closed is None:
             queued = [
@@ -2049,6 +2084,7 @@ class Client:
                 return
             for pending in queued:
                 if pending.link is None and not pending.done.is_set() and link.closed is None:
+                    await pace.wait()
                     await self._transmit(link, pending)
 
     async def _resync(self, link: _Link, resumed: bool) -> None:
