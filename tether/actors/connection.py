@@ -193,6 +193,10 @@ class ConnectionActor(PipeToSelf):
         if self._user_ref is not None:
             self._tell(self._user_ref, Detach(self.conn_id, deliberate=self._deliberate))
         if self.session is not None:
+            if self.session.connection is self.ref and self._online:
+                # The stored copy's age now counts from the end of the
+                # connection, so session_ttl means "resumable for this long".
+                self._store_session_soon(self.session.record(int(time.time() * 1000)))
             self.ctx.sessions.release(self.session, self.ref)
         for user_id in self.watching:
             ref = self.ctx.users.get(user_id)
@@ -502,6 +506,22 @@ class ConnectionActor(PipeToSelf):
                 log.info("connection %s: session not saved: %r", self.conn_id, error)
 
         self._io(lambda: store.save_session(record), saved)
+
+    def _store_session_soon(self, record: Any) -> None:
+        """Write ``record`` in the background (from ``on_stop``: no reply is possible)."""
+        store = self.ctx.store
+        conn_id = self.conn_id
+
+        async def write() -> None:
+            try:
+                await store.save_session(record)
+            except Exception as exc:  # storage down: the older stored copy stays
+                log.info("connection %s: session not saved: %r", conn_id, exc)
+
+        try:
+            self.ctx.system.nursery.start_soon(write)
+        except RuntimeError:  # the system is closing
+            log.debug("connection %s: session not saved at shutdown", conn_id)
 
     # -- presence -------------------------------------------------------------
     def _on_subscribe(self, event: PresenceSubscribe) -> None:
