@@ -26,31 +26,16 @@ import trio.testing
 
 from tether.bench.wsclient import LeanConnection, client_frame
 from tether.testing import make_config, running_server, token
-from tether.testing.raw import RawClient, clients
+from tether.testing.raw import (
+    RawClient,
+    clients,
+    make_room,
+    msgs_through,
+    msgs_until_recovered,
+    raw_client,
+)
 
 GRACE = 30.0  # make_config's offline_grace
-
-
-@asynccontextmanager
-async def connected(
-    port: int,
-    user: str,
-    device: str | None = None,
-    *,
-    session: str | None = None,
-    resume: dict[str, int] | None = None,
-) -> AsyncIterator[RawClient]:
-    """A pumped raw client (optionally resuming), dropped without a close frame on exit."""
-    async with trio.open_nursery() as nursery:
-        conn = await LeanConnection.open("127.0.0.1", port, user)
-        try:
-            welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
-            client = RawClient(conn)
-            client.welcome = dict(welcome)
-            nursery.start_soon(client.pump)
-            yield client
-        finally:
-            conn.close()
 
 
 @asynccontextmanager
@@ -68,29 +53,6 @@ async def unread(
         yield conn, dict(welcome)
     finally:
         conn.close()
-
-
-async def msgs_until_recovered(client: RawClient, room: str) -> tuple[list[int], dict[str, Any]]:
-    """The seqs of ``room``'s ``msg`` pushes up to its ``recovered`` frame, and that frame."""
-    seqs = []
-    with trio.fail_after(10):
-        while True:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-            elif frame["t"] == "recovered" and frame["room"] == room:
-                return seqs, frame
-
-
-async def msgs_through(client: RawClient, room: str, last: int) -> list[int]:
-    """The seqs of ``room``'s ``msg`` pushes, in arrival order, up to and including ``last``."""
-    seqs: list[int] = []
-    with trio.fail_after(10):
-        while not seqs or seqs[-1] < last:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-    return seqs
 
 
 async def onlines(client: RawClient, users: set[str]) -> None:
@@ -136,15 +98,8 @@ async def test_abrupt_drops_leave_the_server_healthy_and_the_dropped_client_resu
             unread(info.port, "dave", "d") as (dave, _),
             unread(info.port, "eve", "e") as (eve, _),
         ):
-            async with connected(info.port, "bob", "b") as bob:
-                room = (
-                    await alice.ok(
-                        "room.create",
-                        name="r",
-                        kind="private",
-                        members=["bob", "carol", "dave", "eve", "frank"],
-                    )
-                )["room"]["id"]
+            async with raw_client(info.port, "bob", "b") as bob:
+                room = await make_room(alice, "bob", "carol", "dave", "eve", "frank")
                 # carol watches her room mates without asking (small room)
                 await onlines(carol, {"bob", "dave", "eve"})
                 for i in range(1, 4):
@@ -174,7 +129,7 @@ async def test_abrupt_drops_leave_the_server_healthy_and_the_dropped_client_resu
                 assert GRACE <= at - dropped < GRACE + 10.0, (user, at - dropped)
 
             # bob comes back: exactly what he missed, once, in order, then live
-            async with connected(info.port, "bob", "b", session=session, resume={room: 3}) as bob:
+            async with raw_client(info.port, "bob", "b", session=session, resume={room: 3}) as bob:
                 assert bob.welcome["resumed"] is True
                 seqs, recovered = await msgs_until_recovered(bob, room)
                 assert seqs == [4, 5, 6, 7]
@@ -208,14 +163,12 @@ async def test_half_open_connection_replaced_by_a_resume_is_invisible_to_watcher
             clients(info.port, ("alice", "a"), ("carol", "c")) as (alice, carol),
             unread(info.port, "bob", "phone") as (stale, welcome),
         ):
-            room = (
-                await alice.ok("room.create", name="r", kind="private", members=["bob", "carol"])
-            )["room"]["id"]
+            room = await make_room(alice, "bob", "carol")
             assert (await carol.push("presence", user="bob"))["devices"] == 1
             # pushed into a socket nobody reads: bob holds none of them
             for i in range(1, 4):
                 await alice.ok("msg.send", room=room, cid=f"m{i}", body=i)
-            async with connected(
+            async with raw_client(
                 info.port, "bob", "phone", session=welcome["session"], resume={room: 0}
             ) as bob:
                 assert bob.welcome["resumed"] is True

@@ -18,8 +18,6 @@ Already covered elsewhere, and not repeated here:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgpack
@@ -29,47 +27,12 @@ import trio.testing
 
 from tether.bench.wsclient import LeanConnection
 from tether.testing import make_config, running_server, token
-from tether.testing.raw import RawClient, clients
+from tether.testing.raw import clients, make_room, msgs_until_recovered, raw_client
 
 # make_config's timings
 HEARTBEAT = 10.0
 TIMEOUT = 25.0
 GRACE = 30.0
-
-
-@asynccontextmanager
-async def connected(
-    port: int,
-    user: str,
-    device: str | None = None,
-    *,
-    session: str | None = None,
-    resume: dict[str, int] | None = None,
-) -> AsyncIterator[RawClient]:
-    """A pumped raw client (optionally resuming), dropped without a close frame on exit."""
-    async with trio.open_nursery() as nursery:
-        conn = await LeanConnection.open("127.0.0.1", port, user)
-        try:
-            welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
-            client = RawClient(conn)
-            client.welcome = dict(welcome)
-            nursery.start_soon(client.pump)
-            yield client
-        finally:
-            conn.close()
-
-
-async def msgs_until_recovered(client: RawClient, room: str) -> list[int]:
-    """The seqs of ``room``'s ``msg`` pushes up to its ``recovered`` frame (complete)."""
-    seqs = []
-    with trio.fail_after(10):
-        while True:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-            elif frame["t"] == "recovered" and frame["room"] == room:
-                assert frame["complete"] is True, frame
-                return seqs
 
 
 async def test_silent_connection_is_closed_3002_then_offline_after_the_grace(
@@ -122,12 +85,8 @@ async def test_resume_inside_the_grace_keeps_presence(
             running_server(make_config(tmp_path)) as (_, info),
             clients(info.port, ("alice", "a"), ("carol", "c")) as (alice, carol),
         ):
-            async with connected(info.port, "bob", device) as bob:
-                room = (
-                    await alice.ok(
-                        "room.create", name="r", kind="private", members=["bob", "carol"]
-                    )
-                )["room"]["id"]
+            async with raw_client(info.port, "bob", device) as bob:
+                room = await make_room(alice, "bob", "carol")
                 update = await carol.push("presence", user="bob")
                 assert (update["status"], update["devices"]) == ("online", 1)
                 await alice.ok("msg.send", room=room, cid="m1", body=1)
@@ -136,12 +95,13 @@ async def test_resume_inside_the_grace_keeps_presence(
             await trio.sleep(GRACE / 2)
             for i in (2, 3):
                 await alice.ok("msg.send", room=room, cid=f"m{i}", body=i)
-            async with connected(
+            async with raw_client(
                 info.port, "bob", device, session=session, resume={room: 1}
             ) as bob:
                 assert bob.welcome["resumed"] is True
                 assert bob.welcome["device"] == first_device
-                assert await msgs_until_recovered(bob, room) == [2, 3]
+                seqs, recovered = await msgs_until_recovered(bob, room)
+                assert (seqs, recovered["complete"]) == ([2, 3], True)
                 await carol.nothing("presence", within=GRACE)  # past the first grace
                 [snapshot] = (await carol.ok("presence.subscribe", users=["bob"]))["users"]
                 assert (snapshot["status"], snapshot["devices"]) == ("online", 1)
@@ -159,10 +119,8 @@ async def test_typing_from_another_device_survives_a_drop(tmp_path: Path) -> Non
             running_server(config) as (_, info),
             clients(info.port, ("alice", "a"), ("bob", "laptop")) as (alice, laptop),
         ):
-            async with connected(info.port, "bob", "phone") as phone:
-                room = (await alice.ok("room.create", name="r", kind="private", members=["bob"]))[
-                    "room"
-                ]["id"]
+            async with raw_client(info.port, "bob", "phone") as phone:
+                room = await make_room(alice, "bob")
                 assert (await alice.push("presence", user="bob"))["devices"] == 2
                 await phone.send_only("typing", room=room, typing=True)
                 assert (await alice.push("typing"))["users"] == ["bob"]

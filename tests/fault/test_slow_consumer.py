@@ -27,7 +27,7 @@ import trio
 
 from tether.bench.wsclient import SUBPROTOCOL, LeanConnection, encode
 from tether.testing import make_config, running_server, token
-from tether.testing.raw import RawClient, clients
+from tether.testing.raw import RawClient, clients, make_room, msgs_through, raw_client
 
 RCVBUF = 4096
 
@@ -68,28 +68,6 @@ async def stalled(
         conn.close()
 
 
-@asynccontextmanager
-async def connected(
-    port: int,
-    user: str,
-    device: str,
-    *,
-    session: str | None = None,
-    resume: dict[str, int] | None = None,
-) -> AsyncIterator[RawClient]:
-    """A pumped raw client (optionally resuming), dropped without a close frame on exit."""
-    async with trio.open_nursery() as nursery:
-        conn = await LeanConnection.open("127.0.0.1", port, user)
-        try:
-            welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
-            client = RawClient(conn)
-            client.welcome = dict(welcome)
-            nursery.start_soon(client.pump)
-            yield client
-        finally:
-            conn.close()
-
-
 async def read_until(
     conn: LeanConnection, done: Callable[[dict[str, Any]], bool], frames: list[dict[str, Any]]
 ) -> None:
@@ -116,17 +94,6 @@ async def request(conn: LeanConnection, ref: int, frame_type: str, **fields: Any
     return answer
 
 
-async def msgs_through(client: RawClient, room: str, last: int) -> list[int]:
-    """The seqs of ``room``'s ``msg`` pushes, in arrival order, up to and including ``last``."""
-    seqs: list[int] = []
-    with trio.fail_after(30):
-        while not seqs or seqs[-1] < last:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-    return seqs
-
-
 async def test_a_reader_that_stops_is_closed_3001_then_resumes_without_loss(
     tmp_path: Path,
 ) -> None:
@@ -148,9 +115,7 @@ async def test_a_reader_that_stops_is_closed_3001_then_resumes_without_loss(
         ):
             assert server.ctx is not None
             counters = server.ctx.counters
-            room = (
-                await alice.ok("room.create", name="r", kind="private", members=["bob", "sam"])
-            )["room"]["id"]
+            room = await make_room(alice, "bob", "sam")
             # sam reads nothing from here on; alice keeps sending until the
             # server had to give up on him (the kernel buffers come first)
             sent = 0
@@ -159,7 +124,7 @@ async def test_a_reader_that_stops_is_closed_3001_then_resumes_without_loss(
                 sent += 1
                 await alice.ok("msg.send", room=room, cid=f"m{sent}", body=body)
             # bob's delivery never waited for sam: all of it, in order, now
-            assert await msgs_through(bob, room, sent) == list(range(1, sent + 1))
+            assert await msgs_through(bob, room, sent, timeout=30) == list(range(1, sent + 1))
 
             # sam reads again: a gapless prefix of the room, then 3001
             frames: list[dict[str, Any]] = []
@@ -175,7 +140,7 @@ async def test_a_reader_that_stops_is_closed_3001_then_resumes_without_loss(
             head = sent + 3
 
             # sam resumes from what he holds: the rest, once, in order, then live
-            async with connected(
+            async with raw_client(
                 info.port, "sam", "s", session=welcome["session"], resume={room: held[-1]}
             ) as resumed:
                 assert resumed.welcome["resumed"] is True
@@ -186,7 +151,7 @@ async def test_a_reader_that_stops_is_closed_3001_then_resumes_without_loss(
                             replayed.append(frame["seq"])
                 assert (frame["complete"], frame["head"]) == (True, head)
                 await bob.ok("msg.send", room=room, cid="live", body="live")
-                live = await msgs_through(resumed, room, head + 1)
+                live = await msgs_through(resumed, room, head + 1, timeout=30)
                 assert held + replayed + live == list(range(1, head + 2))
 
 
@@ -242,14 +207,7 @@ async def test_a_watcher_that_stops_reading_is_not_closed_for_typing_and_presenc
                 stack.callback(conn.close)
                 await conn.hello(token(user), device="d")
                 others.append(conn)
-            room = (
-                await alice.ok(
-                    "room.create",
-                    name="r",
-                    kind="private",
-                    members=["sam", "zed", *typists],
-                )
-            )["room"]["id"]
+            room = await make_room(alice, "sam", "zed", *typists)
             # at least this many bytes per typing push from now on
             typing_frame = len(msgpack.packb({"t": "typing", "room": room, "users": typists}))
             toggles = (_kernel_send_buffer_max() + (512 << 10)) // typing_frame

@@ -16,61 +16,19 @@ bring everything.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from tether.bench.wsclient import LeanConnection
-from tether.testing import make_config, running_server, token
-from tether.testing.raw import RawClient, clients
-
-
-@asynccontextmanager
-async def connected(
-    port: int,
-    user: str,
-    device: str,
-    *,
-    session: str | None = None,
-    resume: dict[str, int] | None = None,
-) -> AsyncIterator[RawClient]:
-    """A pumped raw client (optionally resuming), dropped without a close frame on exit."""
-    async with trio.open_nursery() as nursery:
-        conn = await LeanConnection.open("127.0.0.1", port, user)
-        try:
-            welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
-            client = RawClient(conn)
-            client.welcome = dict(welcome)
-            nursery.start_soon(client.pump)
-            yield client
-        finally:
-            conn.close()
-
-
-async def msgs_until_recovered(client: RawClient, room: str) -> tuple[list[int], dict[str, Any]]:
-    """The seqs of ``room``'s ``msg`` pushes up to its ``recovered`` frame, and that frame."""
-    seqs = []
-    with trio.fail_after(30):
-        while True:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-            elif frame["t"] == "recovered" and frame["room"] == room:
-                return seqs, frame
-
-
-async def msgs_through(client: RawClient, room: str, last: int) -> list[int]:
-    """The seqs of ``room``'s ``msg`` pushes, in arrival order, up to and including ``last``."""
-    seqs: list[int] = []
-    with trio.fail_after(30):
-        while not seqs or seqs[-1] < last:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-    return seqs
+from tether.testing import make_config, running_server
+from tether.testing.raw import (
+    RawClient,
+    clients,
+    make_room,
+    msgs_through,
+    msgs_until_recovered,
+    raw_client,
+)
 
 
 class Sender:
@@ -107,20 +65,16 @@ async def test_storage_outage_during_traffic_loses_nothing_acknowledged(tmp_path
             running_server(config) as (_, info),
             clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, bob),
         ):
-            async with connected(info.port, "carol", "c") as carol:
-                room = (
-                    await alice.ok(
-                        "room.create", name="r", kind="private", members=["bob", "carol"]
-                    )
-                )["room"]["id"]
+            async with raw_client(info.port, "carol", "c") as carol:
+                room = await make_room(alice, "bob", "carol")
                 for i in range(1, 4):
                     await alice.ok("msg.send", room=room, cid=f"m{i}", body=i)
-                assert await msgs_through(carol, room, 3) == [1, 2, 3]
+                assert await msgs_through(carol, room, 3, timeout=30) == [1, 2, 3]
                 session = carol.welcome["session"]
             # carol dropped holding 1..3; three more while she is away
             for i in range(4, 7):
                 await alice.ok("msg.send", room=room, cid=f"m{i}", body=i)
-            assert await msgs_through(bob, room, 6) == [1, 2, 3, 4, 5, 6]
+            assert await msgs_through(bob, room, 6, timeout=30) == [1, 2, 3, 4, 5, 6]
 
             refused = trio.Event()
             senders = [Sender(alice, room, "a", refused), Sender(bob, room, "b", refused)]
@@ -128,13 +82,13 @@ async def test_storage_outage_during_traffic_loses_nothing_acknowledged(tmp_path
             try:
                 blocker.execute("BEGIN EXCLUSIVE")  # storage is down from here
                 # carol resumes during the outage, while the senders wait on storage
-                async with connected(
+                async with raw_client(
                     info.port, "carol", "c", session=session, resume={room: 3}
                 ) as carol:
                     async with trio.open_nursery() as nursery:
                         for sender in senders:
                             nursery.start_soon(sender.run, 5)
-                        replayed, recovered = await msgs_until_recovered(carol, room)
+                        replayed, recovered = await msgs_until_recovered(carol, room, timeout=30)
                         if recovered.get("code") is None:
                             assert (replayed, recovered["complete"]) == ([4, 5, 6], True)
                             assert recovered["head"] == 6  # nothing stored meanwhile
@@ -157,11 +111,11 @@ async def test_storage_outage_during_traffic_loses_nothing_acknowledged(tmp_path
                     end_b = (await bob.ok("msg.send", room=room, cid="end-b", body="end"))["seq"]
                     assert (end_a, end_b) == (17, 18)
                     from_alice = sorted(senders[0].acked.values())
-                    assert await msgs_through(bob, room, end_a) == [*from_alice, end_a]
+                    assert await msgs_through(bob, room, end_a, timeout=30) == [*from_alice, end_a]
                     from_bob = sorted(senders[1].acked.values())
-                    assert await msgs_through(alice, room, end_b) == [*from_bob, end_b]
+                    assert await msgs_through(alice, room, end_b, timeout=30) == [*from_bob, end_b]
                     # carol got the outage's messages live, after her replay
-                    assert await msgs_through(carol, room, end_b) == list(range(7, 19))
+                    assert await msgs_through(carol, room, end_b, timeout=30) == list(range(7, 19))
             finally:
                 blocker.close()
 
@@ -176,9 +130,9 @@ async def test_storage_outage_during_traffic_loses_nothing_acknowledged(tmp_path
             }
 
             # a later resume from before the outage: everything after, once, in order
-            async with connected(
+            async with raw_client(
                 info.port, "carol", "c", session=session, resume={room: 3}
             ) as again:
-                replayed, recovered = await msgs_until_recovered(again, room)
+                replayed, recovered = await msgs_until_recovered(again, room, timeout=30)
                 assert replayed == list(range(4, 19))
                 assert (recovered["complete"], recovered["head"]) == (True, 18)

@@ -7,8 +7,6 @@ and no duplicate at the seam (docs/protocol.md, "Resuming after a reconnect").
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,54 +15,7 @@ import trio.testing
 
 from tether.bench.wsclient import LeanConnection
 from tether.testing import make_config, running_server, token
-from tether.testing.raw import RawClient, clients
-
-
-@asynccontextmanager
-async def resumed(
-    port: int,
-    user: str,
-    device: str,
-    *,
-    session: str | None,
-    resume: dict[str, int],
-) -> AsyncIterator[RawClient]:
-    """A raw client that says hello with ``session`` and ``resume``."""
-    async with trio.open_nursery() as nursery:
-        conn = await LeanConnection.open("127.0.0.1", port, user)
-        welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
-        client = RawClient(conn)
-        client.welcome = dict(welcome)
-        nursery.start_soon(client.pump)
-        try:
-            yield client
-        finally:
-            conn.close()
-
-
-async def msgs_until_recovered(
-    client: RawClient, room: str, others: list[dict[str, Any]] | None = None
-) -> tuple[list[int], dict[str, Any]]:
-    """The seqs of ``msg`` pushes of ``room`` up to its ``recovered`` frame, and that frame.
-
-    Other pushes seen meanwhile are appended to ``others``.
-    """
-    seqs = []
-    with trio.fail_after(10):
-        while True:
-            frame = await client.pushes.receive()
-            if frame["t"] == "msg" and frame["room"] == room:
-                seqs.append(frame["seq"])
-            elif frame["t"] == "recovered" and frame["room"] == room:
-                return seqs, frame
-            elif others is not None:
-                others.append(frame)
-
-
-async def make_room(owner: RawClient, *members: str) -> str:
-    data = await owner.ok("room.create", name="r", kind="private", members=list(members))
-    room: str = data["room"]["id"]
-    return room
+from tether.testing.raw import clients, make_room, msgs_until_recovered, raw_client
 
 
 async def test_resume_replays_what_was_missed_then_goes_live(tmp_path: Path) -> None:
@@ -80,7 +31,7 @@ async def test_resume_replays_what_was_missed_then_goes_live(tmp_path: Path) -> 
             # bob's socket dropped without a close frame; alice carries on
             for i in range(3, 6):
                 await alice.ok("msg.send", room=room, cid=f"c{i}", body=i)
-            async with resumed(info.port, "bob", "b", session=session, resume={room: 3}) as bob2:
+            async with raw_client(info.port, "bob", "b", session=session, resume={room: 3}) as bob2:
                 assert bob2.welcome["session"] == session
                 assert bob2.welcome["resumed"] is True
                 seqs, recovered = await msgs_until_recovered(bob2, room)
@@ -104,7 +55,7 @@ async def test_up_to_date_room_answers_recovered_with_nothing_replayed(tmp_path:
     ):
         room = await make_room(alice, "bob")
         await alice.ok("msg.send", room=room, cid="x", body="x")
-        async with resumed(info.port, "bob", "b", session=None, resume={room: 1}) as bob:
+        async with raw_client(info.port, "bob", "b", session=None, resume={room: 1}) as bob:
             assert "resumed" not in bob.welcome  # no session asked: a fresh one
             seqs, recovered = await msgs_until_recovered(bob, room)
             assert (seqs, recovered["complete"], recovered["head"]) == ([], True, 1)
@@ -125,7 +76,7 @@ async def test_replay_reads_storage_after_a_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path, port=port)
     async with (
         running_server(config) as (_, info),
-        resumed(info.port, "bob", "b", session=session, resume={room: 2}) as bob,
+        raw_client(info.port, "bob", "b", session=session, resume={room: 2}) as bob,
     ):
         assert bob.welcome["resumed"] is True  # loaded from storage
         others: list[dict[str, Any]] = []
@@ -148,7 +99,7 @@ async def test_a_large_gap_replays_the_newest_and_says_so(tmp_path: Path) -> Non
         room = await make_room(alice, "bob")
         for i in range(20):
             await alice.ok("msg.send", room=room, cid=f"c{i}", body=i)
-        async with resumed(info.port, "bob", "b", session=None, resume={room: 2}) as bob:
+        async with raw_client(info.port, "bob", "b", session=None, resume={room: 2}) as bob:
             seqs, recovered = await msgs_until_recovered(bob, room)
             assert seqs == [16, 17, 18, 19, 20]
             assert (recovered["complete"], recovered["first"], recovered["head"]) == (
@@ -167,7 +118,7 @@ async def test_rooms_that_cannot_be_resumed_say_why(tmp_path: Path) -> None:
         clients(info.port, ("alice", "a"), ("carol", "c")) as (alice, _carol),
     ):
         room = await make_room(alice)  # carol is not a member
-        async with resumed(
+        async with raw_client(
             info.port, "carol", "c", session=None, resume={room: 0, "no-such-room": 0}
         ) as carol:
             codes = {}
@@ -184,7 +135,7 @@ async def test_resuming_a_live_session_closes_the_stale_connection(tmp_path: Pat
         clients(info.port, ("bob", "b")) as (stale,),
     ):
         session = stale.welcome["session"]
-        async with resumed(info.port, "bob", "b", session=session, resume={}) as fresh:
+        async with raw_client(info.port, "bob", "b", session=session, resume={}) as fresh:
             assert fresh.welcome["resumed"] is True
             with trio.fail_after(5):
                 await stale.closed.wait()
@@ -197,7 +148,7 @@ async def test_someone_elses_session_is_not_resumed(tmp_path: Path) -> None:
         clients(info.port, ("alice", "a")) as (alice,),
     ):
         session = alice.welcome["session"]
-        async with resumed(info.port, "mallory", "m", session=session, resume={}) as mallory:
+        async with raw_client(info.port, "mallory", "m", session=session, resume={}) as mallory:
             assert "resumed" not in mallory.welcome
             assert mallory.welcome["session"] != session
         assert alice.conn.close_code is None
@@ -229,7 +180,7 @@ async def test_no_gap_and_no_duplicate_while_resuming_under_traffic(tmp_path: Pa
             with trio.fail_after(60):
                 while not received or received[-1] < total:
                     position = received[-1] if received else 0
-                    async with resumed(
+                    async with raw_client(
                         info.port, "bob", "b", session=session, resume={room: position}
                     ) as bob:
                         session = bob.welcome["session"]
@@ -264,14 +215,14 @@ async def test_presence_does_not_flap_across_a_restart(
                 bob,
                 _carol,
             ):
-                await alice.ok("room.create", name="r", kind="private", members=["bob", "carol"])
+                await make_room(alice, "bob", "carol")
                 await bob.ok("presence.subscribe", users=["alice", "carol"])
                 session = bob.welcome["session"]
             port = info.port
         async with running_server(make_config(tmp_path, port=port)) as (server, info):
             assert server.ctx is not None
             restarted_ms = server.ctx.started_at_ms
-            async with resumed(info.port, "bob", "b", session=session, resume={}) as bob2:
+            async with raw_client(info.port, "bob", "b", session=session, resume={}) as bob2:
                 assert bob2.welcome["resumed"] is True
                 seen = {}
                 while len(seen) < 2:
@@ -296,7 +247,7 @@ async def test_every_session_survives_a_restart(tmp_path: Path) -> None:
         port = info.port
     async with (
         running_server(make_config(tmp_path, port=port)) as (_, info),
-        resumed(info.port, "dave", "", session=str(welcome["session"]), resume={}) as dave,
+        raw_client(info.port, "dave", "", session=str(welcome["session"]), resume={}) as dave,
     ):
         assert dave.welcome["resumed"] is True
         assert dave.welcome["device"] == welcome["device"]

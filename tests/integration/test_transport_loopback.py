@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import shutil
 import socket
 import ssl
-import subprocess
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -32,11 +29,12 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Event,
     Request,
     TextMessage,
 )
 
+from tether.testing.tls import OPENSSL, self_signed_certificate
+from tether.testing.ws import WsPeer
 from tether.transport.http import HttpRequest, HttpResponse
 from tether.transport.server import Listener, TransportLimits, serve
 from tether.transport.websocket import SendQueueFull, WebSocketConnection, encode_frame
@@ -204,14 +202,11 @@ async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
 # -- raw WebSocket client ----------------------------------------------------------
 
 
-class RawClient:
-    """A WebSocket client with full control over frames (wsproto over a trio stream)."""
+class RawClient(WsPeer):
+    """A WebSocket client over TCP with full control over frames (wsproto over a trio stream).
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        self.events: deque[Event] = deque()
-        self.eof = False
+    A reset reads as EOF.
+    """
 
     @classmethod
     async def connect(cls, port: int, *, rcvbuf: int | None = None) -> RawClient:
@@ -219,7 +214,8 @@ class RawClient:
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         await sock.connect(("127.0.0.1", port))
-        client = cls(trio.SocketStream(sock))
+        stream = trio.SocketStream(sock)
+        client = cls(stream, reset_is_eof=True, ws=WSConnection(ConnectionType.CLIENT))
         await client.send(Request(host="127.0.0.1", target="/ws", subprotocols=[SUBPROTOCOL]))
         event = await client.next_event()
         assert isinstance(event, AcceptConnection), event
@@ -230,35 +226,6 @@ class RawClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stream.aclose()
-
-    async def send(self, event: Event) -> None:
-        await self.stream.send_all(self.ws.send(event))
-
-    async def next_event(self) -> Event | None:
-        while not self.events:
-            self.events.extend(self.ws.events())
-            if self.events:
-                break
-            if self.eof:
-                return None
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                self.eof = True
-                continue
-            self.ws.receive_data(data)
-        return self.events.popleft()
-
-    async def next_message(self) -> bytes:
-        data = b""
-        while True:
-            event = await self.next_event()
-            assert isinstance(event, BytesMessage), event
-            data += event.data
-            if event.message_finished:
-                return data
 
 
 # -- HTTP --------------------------------------------------------------------------
@@ -805,47 +772,11 @@ async def test_ipv6_listener() -> None:
 # -- TLS ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
-async def test_tls_round_trip(tls_certificate: tuple[Path, Path]) -> None:
-    cert, key = tls_certificate
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context(cafile=str(cert))
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+async def test_tls_round_trip(tmp_path: Path) -> None:
+    certificate = self_signed_certificate(tmp_path)
+    server_context = certificate.server_context()
+    client_context = certificate.client_context()
     with trio.fail_after(20):
         async with running_server(ssl_context=server_context) as listener:
             async with open_websocket_url(

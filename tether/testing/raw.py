@@ -108,3 +108,83 @@ async def clients(url_port: int, *who: tuple[str, str]) -> AsyncIterator[list[Ra
         finally:
             for c in result:
                 c.conn.close()
+
+
+@asynccontextmanager
+async def raw_client(
+    port: int,
+    user: str,
+    device: str | None = None,
+    *,
+    session: str | None = None,
+    resume: dict[str, int] | None = None,
+) -> AsyncIterator[RawClient]:
+    """One pumped :class:`RawClient` for ``user`` on ``127.0.0.1:port``, said hello.
+
+    ``device``, ``session`` and ``resume`` go into ``hello`` as given; each is
+    left out when empty, so ``None`` or ``""`` lets the server make up a device
+    id. The welcome is in ``client.welcome``; a refused hello raises
+    :class:`OSError`. On exit the socket is closed without a close frame (an
+    abrupt drop, as the server sees it), whatever happened, so that a failing
+    test does not leave the server's teardown waiting on it.
+    """
+    async with trio.open_nursery() as nursery:
+        conn = await LeanConnection.open("127.0.0.1", port, user)
+        try:
+            welcome = await conn.hello(token(user), device=device, session=session, resume=resume)
+            client = RawClient(conn)
+            client.welcome = dict(welcome)
+            nursery.start_soon(client.pump)
+            yield client
+        finally:
+            conn.close()
+
+
+async def make_room(owner: RawClient, *members: str, name: str = "r") -> str:
+    """Create a private room owned by ``owner`` with ``members``; return its id.
+
+    Fails (``AssertionError``) unless the server replies.
+    """
+    data = await owner.ok("room.create", name=name, kind="private", members=list(members))
+    room: str = data["room"]["id"]
+    return room
+
+
+async def msgs_until_recovered(
+    client: RawClient,
+    room: str,
+    others: list[dict[str, Any]] | None = None,
+    timeout: float = 10.0,
+) -> tuple[list[int], dict[str, Any]]:
+    """The seqs of ``room``'s ``msg`` pushes up to its ``recovered`` frame, and that frame.
+
+    Pushes of other types or rooms seen meanwhile are appended to ``others``
+    (dropped when it is ``None``). Raises :class:`trio.TooSlowError` when the
+    ``recovered`` frame has not come within ``timeout`` seconds (trio time).
+    """
+    seqs: list[int] = []
+    with trio.fail_after(timeout):
+        while True:
+            frame = await client.pushes.receive()
+            if frame["t"] == "msg" and frame["room"] == room:
+                seqs.append(frame["seq"])
+            elif frame["t"] == "recovered" and frame["room"] == room:
+                return seqs, frame
+            elif others is not None:
+                others.append(frame)
+
+
+async def msgs_through(client: RawClient, room: str, last: int, timeout: float = 10.0) -> list[int]:
+    """The seqs of ``room``'s ``msg`` pushes, in arrival order, up to and including ``last``.
+
+    Other pushes are dropped. It stops at the first seq at or past ``last``;
+    raises :class:`trio.TooSlowError` when that has not come within
+    ``timeout`` seconds (trio time).
+    """
+    seqs: list[int] = []
+    with trio.fail_after(timeout):
+        while not seqs or seqs[-1] < last:
+            frame = await client.pushes.receive()
+            if frame["t"] == "msg" and frame["room"] == room:
+                seqs.append(frame["seq"])
+    return seqs

@@ -17,19 +17,14 @@ from __future__ import annotations
 import ast
 import random
 import re
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed as WsConnectionClosed
-from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
 from tether.client import (
     Client,
@@ -59,138 +54,11 @@ from tether.client import (
     new_cid,
 )
 from tether.client import _client as impl
+from tether.testing.fake import SILENT, Close, Fail, FakeServer, fake_server
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# -- the fake server --------------------------------------------------------------
-
-WELCOME: dict[str, Any] = {
-    "t": "welcome",
-    "session": "c0ffee42",
-    "user": "alice",
-    "name": "Alice",
-    "device": "laptop",
-    "heartbeat_ms": 25_000,
-    "timeout_ms": 60_000,
-    "server": "fake/0",
-    "limits": {"max_frame_bytes": 1 << 20, "max_frames_per_s": 50, "max_in_flight": 128},
-}
-
-
-@dataclass(frozen=True)
-class Fail:
-    """Answer a request with an ``error`` frame."""
-
-    code: int
-    reason: str = "scripted failure"
-    temporary: bool = False
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the connection instead of answering."""
-
-    code: int
-    reason: str = ""
-
-
-class Silent:
-    """Do not answer (a reply lost with the connection, or a server that stalls)."""
-
-
-SILENT = Silent()
-Answer = dict[str, Any] | Fail | Close | Silent | Callable[[dict[str, Any]], Any]
-
-
-class FakeServer:
-    """A scripted tether server for one connection at a time.
-
-    Attributes:
-        received: every frame after ``hello``, decoded, in arrival order.
-        hello: the ``hello`` frame.
-    """
-
-    def __init__(self, **welcome: Any) -> None:
-        self.welcome = {**WELCOME, **welcome}
-        self.received: list[dict[str, Any]] = []
-        self.hello: dict[str, Any] = {}
-        self._script: defaultdict[str, deque[Answer]] = defaultdict(deque)
-        self._ws: WebSocketConnection | None = None
-        self._arrived = trio.Event()
-
-    def answer(self, frame_type: str, *answers: Answer) -> None:
-        """Queue answers for the next requests of ``frame_type`` (default: ``reply {}``)."""
-        self._script[frame_type].extend(answers)
-
-    def requests(self, frame_type: str) -> list[dict[str, Any]]:
-        """The received frames of one type."""
-        return [frame for frame in self.received if frame["t"] == frame_type]
-
-    async def push(self, frame: dict[str, Any]) -> None:
-        """Send a frame to the connected client."""
-        assert self._ws is not None
-        await self._ws.send_message(msgpack.packb(frame))
-
-    async def wait_received(self, count: int) -> list[dict[str, Any]]:
-        """Wait until ``count`` frames arrived (for frames that get no answer)."""
-        while len(self.received) < count:
-            await self._arrived.wait()
-        return self.received
-
-    async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket handler: the whole life of one connection."""
-        assert "tether.v1" in request.proposed_subprotocols
-        ws = await request.accept(subprotocol="tether.v1")
-        try:
-            hello = msgpack.unpackb(await ws.get_message())
-            assert hello["t"] == "hello", hello
-            self.hello = hello
-            self._ws = ws
-            user = hello["token"].removeprefix("dev:")
-            await ws.send_message(
-                msgpack.packb({**self.welcome, "user": user, "ref": hello["ref"]})
-            )
-            while True:
-                frame = msgpack.unpackb(await ws.get_message())
-                self.received.append(frame)
-                self._arrived.set()
-                self._arrived = trio.Event()
-                if "ref" in frame:
-                    await self._answer(ws, frame)
-        except WsConnectionClosed:
-            pass  # the client closed: the normal end of a test
-
-    async def _answer(self, ws: WebSocketConnection, frame: dict[str, Any]) -> None:
-        queue = self._script[frame["t"]]
-        answer: Answer = queue.popleft() if queue else {}
-        if callable(answer):
-            answer = answer(frame)
-        if isinstance(answer, Silent):
-            return
-        if isinstance(answer, Close):
-            await ws.aclose(answer.code, answer.reason)
-            return
-        if isinstance(answer, Fail):
-            out = {
-                "t": "error",
-                "ref": frame["ref"],
-                "code": answer.code,
-                "reason": answer.reason,
-                "temporary": answer.temporary,
-            }
-        else:
-            out = {"t": "reply", "ref": frame["ref"], "data": answer}
-        await ws.send_message(msgpack.packb(out))
-
-
-@asynccontextmanager
-async def fake_server(**welcome: Any) -> AsyncIterator[tuple[FakeServer, str]]:
-    """A fake server on a loopback port, and its URL (``welcome`` overrides welcome keys)."""
-    server = FakeServer(**welcome)
-    async with trio.open_nursery() as nursery:
-        listener = await nursery.start(serve_websocket, server.handle, "127.0.0.1", 0, None)
-        yield server, f"ws://127.0.0.1:{listener.port}/ws"
-        nursery.cancel_scope.cancel()
+# -- the fake server (tether.testing.fake) --------------------------------------------
 
 
 @asynccontextmanager
@@ -422,7 +290,7 @@ async def test_request_frames_and_typed_results(
         async with session() as (server, client):
             server.answer(expected["t"], data)
             assert await method(client) == result
-            [frame] = server.received
+            [frame] = server.frames()
             assert without_ref(frame) == expected
 
 
@@ -450,7 +318,7 @@ async def test_fire_and_forget_frames_carry_no_ref(
     with trio.fail_after(10):
         async with session() as (server, client):
             assert await method(client) is None
-            [frame] = await server.wait_received(1)
+            [frame] = await server.wait_frames(1)
             assert frame == expected
 
 
@@ -461,7 +329,7 @@ async def test_send_generates_a_fresh_url_safe_cid_per_message() -> None:
             server.answer("msg.send", {"seq": 2, "ts": TS2, "dup": False})
             first = await client.send(R, "one")
             second = await client.send(R, "two")
-    frames = server.requests("msg.send")
+    frames = server.frames("msg.send")
     assert [frame["cid"] for frame in frames] == [first.cid, second.cid]
     assert first.cid != second.cid
     for cid in (first.cid, second.cid):
@@ -481,7 +349,7 @@ async def test_hello_carries_the_token_and_device() -> None:
             assert client.user == "bob"
             assert client.welcome is not None
             assert client.welcome.limits["max_frame_bytes"] == 1 << 20
-            assert without_ref(server.hello) == {
+            assert without_ref(server.hellos[-1]) == {
                 "t": "hello",
                 "token": "dev:bob",
                 "client": "tether-py/0.1",
@@ -565,7 +433,7 @@ async def test_misuse_is_refused_locally(
                 await method(client)
             server.answer("room.list", {"rooms": []})
             assert await client.list_rooms() == []
-            assert [frame["t"] for frame in server.received] == ["room.list"]
+            assert [frame["t"] for frame in server.frames()] == ["room.list"]
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -595,7 +463,7 @@ async def test_error_answers_become_request_errors(
                 failure.temporary,
             )
             # Only msg.send retries, and only temporary errors.
-            assert len(server.requests(frame_type)) == 1
+            assert len(server.frames(frame_type)) == 1
 
 
 @pytest.mark.parametrize(
@@ -785,7 +653,7 @@ async def test_send_retries_temporary_errors_with_the_same_cid(
             start = trio.current_time()
             result = await client.send(R, {"text": "Yes!"})
             waited = trio.current_time() - start
-    frames = server.requests("msg.send")
+    frames = server.frames("msg.send")
     assert len(frames) == 3
     assert {frame["cid"] for frame in frames} == {result.cid}
     assert all(frame["body"] == {"text": "Yes!"} for frame in frames)
@@ -804,7 +672,7 @@ async def test_send_gives_up_after_retry_temporary_retries(
             with pytest.raises(RequestError) as caught:
                 await client.send(R, "hi", cid="c-1", retry_temporary=2)
     assert (caught.value.code, caught.value.temporary) == (108, True)
-    assert [frame["cid"] for frame in server.requests("msg.send")] == ["c-1"] * 3
+    assert [frame["cid"] for frame in server.frames("msg.send")] == ["c-1"] * 3
 
 
 @pytest.mark.parametrize(
@@ -826,7 +694,7 @@ async def test_send_does_not_retry_permanent_errors(
                 await client.send(R, "hi", retry_temporary=retries)
             assert trio.current_time() == start  # no backoff sleep either
     assert caught.value.code == failure.code
-    assert len(server.requests("msg.send")) == 1
+    assert len(server.frames("msg.send")) == 1
 
 
 async def test_send_does_not_retry_a_closed_connection(
@@ -838,7 +706,7 @@ async def test_send_does_not_retry_a_closed_connection(
             with pytest.raises(ConnectionClosed) as caught:
                 await client.send(R, "hi")
             assert (caught.value.code, caught.value.reconnect) == (3000, True)
-    assert len(server.requests("msg.send")) == 1
+    assert len(server.frames("msg.send")) == 1
 
 
 async def test_resend_after_a_lost_reply_is_deduplicated_by_cid(
@@ -853,7 +721,7 @@ async def test_resend_after_a_lost_reply_is_deduplicated_by_cid(
             with trio.move_on_after(5) as timeout:
                 await client.send(R, "Yes! 9:00 at the station", cid=cid)
             assert timeout.cancelled_caught
-            [first] = server.requests("msg.send")
+            [first] = server.frames("msg.send")
             # A reply arriving after its request was cancelled is dropped, not
             # delivered as an event: the next event is the push sent after it.
             await server.push({"t": "reply", "ref": first["ref"], "data": {"seq": 2}})
@@ -870,7 +738,7 @@ async def test_resend_after_a_lost_reply_is_deduplicated_by_cid(
             assert await client.next_event() == TypingEvent(R, ())
             result = await client.send(R, "Yes! 9:00 at the station", cid=cid)
     assert result == SendResult(2, TS2, True, cid)
-    assert [without_ref(frame) for frame in server.requests("msg.send")] == [
+    assert [without_ref(frame) for frame in server.frames("msg.send")] == [
         {"t": "msg.send", "room": R, "cid": cid, "body": "Yes! 9:00 at the station"}
     ] * 2
 
@@ -948,7 +816,7 @@ async def test_history_pages_backward_and_forward() -> None:
     assert backward[3] == Message(R, 4, "c-4", "alice", "message 4 (edited)", TS1 + 4, EDITED)
     assert backward[4].edited_at is None
     assert backward[4].deleted is False
-    assert [without_ref(frame) for frame in server.requests("history")] == [
+    assert [without_ref(frame) for frame in server.frames("history")] == [
         {"t": "history", "room": R, "limit": 2},
         {"t": "history", "room": R, "before": 4, "limit": 2},
         {"t": "history", "room": R, "before": 2, "limit": 2},
@@ -975,7 +843,7 @@ async def test_concurrent_requests_are_matched_by_ref() -> None:
                 nursery.start_soon(join)
                 nursery.start_soon(members)
                 join_frame, members_frame = sorted(
-                    await server.wait_received(2), key=lambda frame: frame["t"]
+                    await server.wait_frames(2), key=lambda frame: frame["t"]
                 )
                 # Answered in the opposite order.
                 await server.push(

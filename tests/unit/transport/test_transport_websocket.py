@@ -8,11 +8,6 @@ parser.
 
 from __future__ import annotations
 
-import socket
-from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 import trio.testing
@@ -20,134 +15,18 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
-    Event,
     Ping,
     Pong,
     TextMessage,
 )
 
-from tether.transport.http import HttpRequest
+from tether.testing.ws import fill_until_full, ws_pair
 from tether.transport.websocket import (
     SendQueueFull,
-    WebSocketConfig,
     WebSocketConnection,
     encode_frame,
     run_websocket,
 )
-
-REQUEST = HttpRequest(
-    method="GET", target="/ws", path="/ws", query={}, headers=(), remote="127.0.0.1:1"
-)
-
-
-class Peer:
-    """The client end: a trio socket driven by a wsproto client connection."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = trio.socket.from_stdlib_socket(sock)
-        self.ws = Connection(ConnectionType.CLIENT)
-        self.events: deque[Event] = deque()
-        self.eof = False
-
-    async def send_raw(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            sent = await self.sock.send(view)
-            view = view[sent:]
-
-    async def send(self, event: Event) -> None:
-        await self.send_raw(self.ws.send(event))
-
-    async def next_event(self) -> Event | None:
-        """Return the next event, or None at EOF."""
-        while not self.events:
-            self.events.extend(self.ws.events())
-            if self.events:
-                break
-            if self.eof:
-                return None
-            data = await self.sock.recv(65536)
-            if not data:
-                self.eof = True
-                continue
-            self.ws.receive_data(data)
-        return self.events.popleft()
-
-    async def next_message(self) -> bytes:
-        parts = b""
-        while True:
-            event = await self.next_event()
-            assert isinstance(event, BytesMessage), event
-            parts += event.data
-            if event.message_finished:
-                return parts
-
-    async def answer_close(self, code: int) -> None:
-        """Skip data until the server's close frame, check its code, answer it."""
-        while True:
-            event = await self.next_event()
-            if isinstance(event, CloseConnection):
-                assert event.code == code, event
-                await self.send(event.response())
-                return
-            assert isinstance(event, BytesMessage | Pong), event
-
-    async def read_until_eof(self) -> None:
-        while not self.eof:
-            data = await self.sock.recv(65536)
-            if not data:
-                self.eof = True
-
-
-@asynccontextmanager
-async def ws_pair(
-    *,
-    max_message_size: int = 1 << 20,
-    max_outbound_bytes: int = 4 << 20,
-    close_timeout: float = 5.0,
-    trailing_data: bytes = b"",
-    small_buffers: bool = False,
-) -> AsyncIterator[tuple[WebSocketConnection, Peer, socket.socket]]:
-    server_sock, client_sock = socket.socketpair()
-    if small_buffers:
-        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    server_sock.setblocking(False)
-    async with trio.open_nursery() as nursery:
-        config = WebSocketConfig(
-            nursery,
-            max_message_size=max_message_size,
-            max_outbound_bytes=max_outbound_bytes,
-            close_timeout=close_timeout,
-        )
-        connection = WebSocketConnection(
-            REQUEST,
-            "tether.v1",
-            sock=server_sock,
-            protocol=Connection(ConnectionType.SERVER),
-            config=config,
-            trailing_data=trailing_data,
-        )
-        try:
-            yield connection, Peer(client_sock), server_sock
-        finally:
-            connection.abort()
-            client_sock.close()
-            # The close timer may still be waiting for an already closed connection.
-            nursery.cancel_scope.cancel()
-
-
-def fill_until_full(connection: WebSocketConnection, frame: bytes) -> int:
-    """Send ``frame`` until SendQueueFull; return how many were accepted."""
-    sent = 0
-    while True:
-        try:
-            connection.send_frame(frame)
-        except SendQueueFull:
-            return sent
-        sent += 1
-        assert sent < 100_000, "the queue never filled up"
-
 
 # -- frames ------------------------------------------------------------------------
 

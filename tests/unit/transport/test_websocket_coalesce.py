@@ -7,121 +7,27 @@ independent implementation. One test runs the same over TLS.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import ssl
-import subprocess
-from collections import deque
-from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
+import functools
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Event
+from wsproto.events import CloseConnection
 
-from tether.transport.http import HttpRequest
+from tether.testing.tls import OPENSSL, self_signed_certificate
+from tether.testing.ws import fill_until_full
+from tether.testing.ws import ws_pair as any_ws_pair
 from tether.transport.websocket import (
     SendQueueFull,
-    WebSocketConfig,
     WebSocketConnection,
     encode_frame,
     run_websocket,
 )
 
-REQUEST = HttpRequest(
-    method="GET", target="/ws", path="/ws", query={}, headers=(), remote="127.0.0.1:1"
-)
-
-
-class Peer:
-    """The client end: a trio stream (plain or TLS) driven by a wsproto client."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.ws = Connection(ConnectionType.CLIENT)
-        self.events: deque[Event] = deque()
-        self.eof = False
-
-    async def send(self, event: Event) -> None:
-        await self.stream.send_all(self.ws.send(event))
-
-    async def next_event(self) -> Event | None:
-        """Return the next event, or None at EOF."""
-        while not self.events:
-            self.events.extend(self.ws.events())
-            if self.events:
-                break
-            if self.eof:
-                return None
-            try:
-                data = await self.stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                self.eof = True
-                continue
-            self.ws.receive_data(bytes(data))
-        return self.events.popleft()
-
-    async def read_a_little(self) -> None:
-        """Take up to 4 KiB off the stream, leaving it to parse later."""
-        self.ws.receive_data(bytes(await self.stream.receive_some(4096)))
-
-    async def next_message(self) -> bytes:
-        parts = b""
-        while True:
-            event = await self.next_event()
-            assert isinstance(event, BytesMessage), event
-            parts += event.data
-            if event.message_finished:
-                return parts
-
-    async def messages(self, count: int) -> list[bytes]:
-        return [await self.next_message() for _ in range(count)]
-
-
-def _small_socket_pair() -> tuple[socket.socket, socket.socket]:
-    server_sock, client_sock = socket.socketpair()
-    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    server_sock.setblocking(False)
-    return server_sock, client_sock
-
-
-@asynccontextmanager
-async def ws_pair(
-    *,
-    max_outbound_bytes: int = 4 << 20,
-    max_ephemeral_keys: int = 4096,
-    close_timeout: float = 5.0,
-) -> AsyncIterator[tuple[WebSocketConnection, Peer, socket.socket]]:
-    """A server connection on a socket pair whose kernel buffers hold only a few KiB."""
-    server_sock, client_sock = _small_socket_pair()
-    async with trio.open_nursery() as nursery:
-        config = WebSocketConfig(
-            nursery,
-            max_message_size=1 << 20,
-            max_outbound_bytes=max_outbound_bytes,
-            close_timeout=close_timeout,
-            max_ephemeral_keys=max_ephemeral_keys,
-        )
-        connection = WebSocketConnection(
-            REQUEST,
-            "tether.v1",
-            sock=server_sock,
-            protocol=Connection(ConnectionType.SERVER),
-            config=config,
-        )
-        peer = Peer(trio.SocketStream(trio.socket.from_stdlib_socket(client_sock)))
-        try:
-            yield connection, peer, server_sock
-        finally:
-            connection.abort()
-            client_sock.close()
-            nursery.cancel_scope.cancel()
+# Every connection here backs up after a few KiB; a reset reads as EOF.
+ws_pair = functools.partial(any_ws_pair, small_buffers=True, reset_is_eof=True)
 
 
 def back_up(connection: WebSocketConnection, size: int = 64 * 1024) -> bytes:
@@ -130,18 +36,6 @@ def back_up(connection: WebSocketConnection, size: int = 64 * 1024) -> bytes:
     connection.send(payload)
     assert connection.outbound_bytes > 0, "the kernel took the whole frame"
     return payload
-
-
-def fill_until_full(connection: WebSocketConnection, frame: bytes) -> int:
-    """Send ordered ``frame`` until SendQueueFull; return how many were accepted."""
-    sent = 0
-    while True:
-        try:
-            connection.send_frame(frame)
-        except SendQueueFull:
-            return sent
-        sent += 1
-        assert sent < 100_000, "the queue never filled up"
 
 
 def keyed(key: Hashable, value: int, size: int = 20) -> bytes:
@@ -417,108 +311,37 @@ async def test_abort_clears_waiting_keyed_frames() -> None:
 # -- TLS ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
-async def test_keyed_frames_coalesce_behind_a_tls_write(
-    tls_certificate: tuple[Path, Path],
-) -> None:
-    cert, key = tls_certificate
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context(cafile=str(cert))
-    server_sock, client_sock = _small_socket_pair()
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
+async def test_keyed_frames_coalesce_behind_a_tls_write(tmp_path: Path) -> None:
+    certificate = self_signed_certificate(tmp_path)
+    tls = (certificate.server_context(), certificate.client_context())
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            tls = trio.SSLStream(
-                trio.SocketStream(trio.socket.from_stdlib_socket(server_sock)),
-                server_context,
-                server_side=True,
-                https_compatible=True,
-            )
-            client = trio.SSLStream(
-                trio.SocketStream(trio.socket.from_stdlib_socket(client_sock)),
-                client_context,
-                server_hostname="localhost",
-            )
-            async with trio.open_nursery() as handshakes:
-                handshakes.start_soon(tls.do_handshake)
-                handshakes.start_soon(client.do_handshake)
-            config = WebSocketConfig(
-                nursery, max_message_size=1 << 20, max_outbound_bytes=4 << 20, close_timeout=5
-            )
-            connection = WebSocketConnection(
-                REQUEST,
-                "tether.v1",
-                sock=server_sock,
-                protocol=Connection(ConnectionType.SERVER),
-                config=config,
-                tls=tls,
-            )
-            peer = Peer(client)
-            try:
-                # Idle: a keyed frame is queued for the flusher like any frame.
-                connection.send(keyed("typing", 0), key="typing")
-                assert connection.statistics().coalesced == 0
-                big = b"B" * (256 * 1024)
-                connection.send(big)
-                await trio.testing.wait_all_tasks_blocked()
-                # The flusher is stuck in one TLS write the peer does not read.
-                assert connection.outbound_bytes > 0
-                for value in (1, 2, 3):
-                    connection.send(keyed("typing", value), key="typing")
-                connection.send(b"ordered")
-                assert connection.statistics().coalesced == 2
-                assert await peer.messages(4) == [
-                    keyed("typing", 0),
-                    big,
-                    b"ordered",
-                    keyed("typing", 3),
-                ]
-                # Keyed frames alone keep the flusher going after the write.
-                connection.send(big)
-                await trio.testing.wait_all_tasks_blocked()
-                assert connection.outbound_bytes > 0
-                connection.send(keyed("typing", 4), key="typing")
-                connection.send(keyed("typing", 5), key="typing")
-                assert await peer.messages(2) == [big, keyed("typing", 5)]
-                await trio.testing.wait_all_tasks_blocked()
-                assert connection.outbound_bytes == 0
-                assert connection.statistics().coalesced == 3
-            finally:
-                connection.abort()
-                client_sock.close()
-                nursery.cancel_scope.cancel()
+        async with ws_pair(tls=tls) as (connection, peer, _):
+            # Idle: a keyed frame is queued for the flusher like any frame.
+            connection.send(keyed("typing", 0), key="typing")
+            assert connection.statistics().coalesced == 0
+            big = b"B" * (256 * 1024)
+            connection.send(big)
+            await trio.testing.wait_all_tasks_blocked()
+            # The flusher is stuck in one TLS write the peer does not read.
+            assert connection.outbound_bytes > 0
+            for value in (1, 2, 3):
+                connection.send(keyed("typing", value), key="typing")
+            connection.send(b"ordered")
+            assert connection.statistics().coalesced == 2
+            assert await peer.messages(4) == [
+                keyed("typing", 0),
+                big,
+                b"ordered",
+                keyed("typing", 3),
+            ]
+            # Keyed frames alone keep the flusher going after the write.
+            connection.send(big)
+            await trio.testing.wait_all_tasks_blocked()
+            assert connection.outbound_bytes > 0
+            connection.send(keyed("typing", 4), key="typing")
+            connection.send(keyed("typing", 5), key="typing")
+            assert await peer.messages(2) == [big, keyed("typing", 5)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert connection.outbound_bytes == 0
+            assert connection.statistics().coalesced == 3
