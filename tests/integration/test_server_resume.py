@@ -130,8 +130,9 @@ async def test_rooms_that_cannot_be_resumed_say_why(tmp_path: Path) -> None:
 
 
 async def test_resuming_a_live_session_closes_the_stale_connection(tmp_path: Path) -> None:
+    # At the per-user limit: the stale connection does not count against the resume.
     async with (
-        running_server(make_config(tmp_path)) as (_, info),
+        running_server(make_config(tmp_path, max_connections_per_user=1)) as (_, info),
         clients(info.port, ("bob", "b")) as (stale,),
     ):
         session = stale.welcome["session"]

@@ -146,6 +146,7 @@ class ConnectionActor(PipeToSelf):
         self.resumed = False
         self.watching: set[str] = set()
         self._resume_queue: deque[tuple[str, int]] = deque()
+        self._replaces: int | None = None
         self._user_ref: Any = None
         self._hello: Hello | None = None
         self._ping_n = 0
@@ -379,6 +380,7 @@ class ConnectionActor(PipeToSelf):
         """Start a fresh session, stored so that it survives a restart, then attach."""
         assert self.identity is not None
         self.session = self.ctx.sessions.new(self.identity.user_id, self.device, self.ref)
+        self.session.conn_id = self.conn_id
         self._save_session()
         self._attach()
 
@@ -393,7 +395,9 @@ class ConnectionActor(PipeToSelf):
         if previous is not None and previous != self.ref:
             # The client reconnected before the server noticed the old socket
             # was gone: that one is stale.
+            self._replaces = session.conn_id
             self._tell(previous, CloseConnection(DisconnectCode.SESSION_RESUMED, "session resumed"))
+        session.conn_id = self.conn_id
 
     def _attach(self) -> None:
         assert self.identity is not None
@@ -403,7 +407,14 @@ class ConnectionActor(PipeToSelf):
         self._user_ref = user
         self._tell(
             user,
-            Attach(self.ref, self.conn_id, self.device, self.identity.name, self.outbox),
+            Attach(
+                self.ref,
+                self.conn_id,
+                self.device,
+                self.identity.name,
+                self.outbox,
+                replaces=self._replaces,
+            ),
         )
 
     def _on_attached(self, _msg: Attached) -> None:

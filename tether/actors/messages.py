@@ -83,6 +83,9 @@ class Attach:
     device: str
     name: str
     outbox: Outbox
+    #: The connection this one replaces (a resumed session's stale one, being
+    #: closed): it does not count against the per-user limit.
+    replaces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class Session:
     device: str
     explicit: set[str] = field(default_factory=set)
     connection: Any = None
+    conn_id: int | None = None
     dormant_since: float = 0.0
 
     def record(self, now_ms: int) -> SessionRecord:

@@ -150,7 +150,9 @@ class UserActor(Actor):
     # -- connections ----------------------------------------------------------
     def _on_attach(self, msg: Attach) -> None:
         limit = self.ctx.config.max_connections_per_user
-        if len(self.connections) >= limit:
+        # A resumed session's stale connection is on its way out: not counted.
+        live = len(self.connections) - (msg.replaces in self.connections)
+        if live >= limit:
             self._tell(msg.connection, AttachRefused(f"at most {limit} connections per user"))
             return
         self.connections[msg.conn_id] = _LiveConnection(msg.connection, msg.outbox, msg.device)
