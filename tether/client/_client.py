@@ -59,6 +59,10 @@ MAX_CID_CHARS = 64
 MAX_HISTORY_LIMIT = 500
 #: ``hello.resume`` names at most this many rooms (the most recently active).
 MAX_RESUME_ROOMS = 1000
+#: Receipts sent without ref this many seconds before a drop are sent again
+#: after it: the server coalesces them briefly (``receipts_interval``) before
+#: storing, so a crash could lose them.
+RECEIPT_REPLAY_S = 2.0
 #: ``presence.subscribe`` takes at most this many users per request.
 MAX_SUBSCRIBE_USERS = 100
 
@@ -1277,6 +1281,10 @@ class Client:
         self._presence: set[str] = set()
         self._idle = False
         self._receipts: OrderedDict[str, dict[str, int]] = OrderedDict()
+        # Receipts sent without ref lately: (trio time, positions) per room. The
+        # server coalesces those for a fraction of a second before storing
+        # them, so the ones sent just before a drop are sent again after it.
+        self._fired: OrderedDict[str, tuple[float, dict[str, int]]] = OrderedDict()
         self._leaving = False
         self._closed: ConnectionClosed | None = None
         self._closed_event = trio.Event()
@@ -1687,7 +1695,9 @@ class Client:
             fields["read"] = read
         if wait:
             await self.request("receipt", **fields)
-        elif not await self._fire({"t": "receipt", **fields}):
+        elif await self._fire({"t": "receipt", **fields}):
+            self._note_fired(room_id, delivered, read)
+        else:
             self._queue_receipt(room_id, delivered, read)
 
     async def typing(self, room_id: str, typing: bool = True) -> None:
@@ -1802,6 +1812,24 @@ class Client:
         if link is None or not link.ready or link.closed is not None:
             return False
         return await self._send_bytes(link, msgpack.packb(frame))
+
+    def _note_fired(self, room: str, delivered: int | None, read: int | None) -> None:
+        """Remember a receipt sent without ref (see ``_fired``), merged per room (bounded)."""
+        _, positions = self._fired.pop(room, (0.0, {}))
+        for key, value in (("delivered", delivered), ("read", read)):
+            if value is not None:
+                positions[key] = max(value, positions.get(key, value))
+        self._fired[room] = (trio.current_time(), positions)
+        while len(self._fired) > MAX_RESUME_ROOMS:
+            self._fired.popitem(last=False)
+
+    def _requeue_recent_receipts(self) -> None:
+        """After a drop: queue again the receipts sent in the last RECEIPT_REPLAY_S."""
+        recent = trio.current_time() - RECEIPT_REPLAY_S
+        for room, (sent_at, positions) in self._fired.items():
+            if sent_at >= recent:
+                self._queue_receipt(room, positions.get("delivered"), positions.get("read"))
+        self._fired.clear()
 
     def _queue_receipt(self, room: str, delivered: int | None, read: int | None) -> None:
         """Keep a receipt for the next connection, merged per room (bounded)."""
@@ -2007,6 +2035,7 @@ class Client:
         """``link`` is gone: requeue the requests it carried that are safe to resend."""
         if link.closed is None:
             link.end(ConnectionClosed(1006, "connection lost"))
+        self._requeue_recent_receipts()
         if self._link is link:
             self._link = None
             if self._ready.is_set() and self._closed is None:

@@ -819,3 +819,25 @@ async def test_the_guide_echo_bot_answers_once_across_a_reconnect(no_jitter: Non
         (2, {"t": "msg.send", "room": R, "cid": "echo-6", "body": {"text": "echo: bye"}}),
         (2, {"t": "receipt", "room": R, "read": 6}),
     ]
+
+
+async def test_receipts_sent_just_before_a_drop_are_sent_again(
+    lazy_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server coalesces ref-less receipts briefly: a crash could lose the latest."""
+    monkeypatch.setattr(impl, "_random", MaxRandom())
+    with trio.fail_after(60):
+        async with session(backoff_base=1.0, backoff_cap=1.0) as (server, client):
+            await client.ack("old", delivered=1, wait=False)
+            await server.wait_for(lambda: len(server.frames("receipt")) == 1)
+            await trio.sleep(impl.RECEIPT_REPLAY_S + 1)  # virtual time: long before the drop
+            await client.ack(R, delivered=5, wait=False)
+            await client.ack(R, read=4, wait=False)
+            await server.wait_for(lambda: len(server.frames("receipt")) == 3)
+            await server.close(3000)
+            assert isinstance(await client.next_event(), Reconnecting)
+            assert isinstance(await client.next_event(), Reconnected)
+            await server.wait_for(lambda: any(n == 2 for n, _ in server.received))
+    assert [without_ref(f) for n, f in server.received if n == 2 and f["t"] == "receipt"] == [
+        {"t": "receipt", "room": R, "delivered": 5, "read": 4},
+    ]
