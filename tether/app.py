@@ -30,7 +30,7 @@ from tether.actors.connection import ConnectionActor
 from tether.actors.context import PresenceWriter, ServerContext
 from tether.actors.messages import CloseConnection, PeerClosed, Received
 from tether.config import ServerConfig
-from tether.storage import StorageUnavailable, Store, open_store
+from tether.storage import StorageUnavailable, open_store
 from tether.transport.auth import TokenVerifier
 from tether.transport.http import HttpRequest, HttpResponse
 from tether.transport.protocol.codes import DisconnectCode
@@ -43,6 +43,8 @@ log = logging.getLogger("tether.server")
 
 #: How long a closed connection's reader waits for its actor to stop.
 _STOP_WAIT_S = 2.0
+#: Live sessions re-saved concurrently by the session sweep (group commit merges them).
+_SESSION_SAVE_BATCH = 256
 
 SERVER_NAME = f"tether/{__version__}"
 
@@ -117,7 +119,7 @@ class Server:
                     system.registry.subscribe(_ConnectionsGone(self))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(writer.run)
-                        nursery.start_soon(_expire_sessions, store, config.session_ttl)
+                        nursery.start_soon(_expire_sessions, ctx)
                         nursery.start_soon(_expire_presumed_online, ctx)
                         listener: Listener = await nursery.start(self._serve, ssl_context)
                         self.listener = listener
@@ -282,17 +284,32 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-async def _expire_sessions(store: Store, ttl: float) -> None:
-    """Delete stored sessions idle for longer than ``ttl``, at start and then periodically."""
+async def _expire_sessions(ctx: ServerContext) -> None:
+    """Keep live sessions' stored copies fresh; delete those idle longer than ``session_ttl``.
+
+    Runs at start and then every half ``session_ttl`` (at most hourly). A live
+    session is saved again when its stored copy is older than half the TTL, so
+    the sweep never deletes a session that is still connected and a crash
+    still finds it.
+    """
+    store = ctx.store
+    ttl = ctx.config.session_ttl
     while True:
+        now_ms = int(time.time() * 1000)
+        stale = ctx.sessions.live_stored_before(now_ms - int(ttl * 500))
         try:
-            removed = await store.delete_sessions(updated_before_ms=int((time.time() - ttl) * 1000))
+            for start in range(0, len(stale), _SESSION_SAVE_BATCH):
+                async with trio.open_nursery() as nursery:
+                    for session in stale[start : start + _SESSION_SAVE_BATCH]:
+                        session.stored_at_ms = now_ms
+                        nursery.start_soon(store.save_session, session.record(now_ms))
+            removed = await store.delete_sessions(updated_before_ms=now_ms - int(ttl * 1000))
         except StorageUnavailable as exc:
-            log.info("expired sessions not deleted now: %r", exc)
+            log.info("sessions not refreshed or expired now: %r", exc)
         else:
             if removed:
                 log.info("deleted %d expired sessions", removed)
-        await trio.sleep(min(ttl, 3600.0))
+        await trio.sleep(min(ttl / 2, 3600.0))
 
 
 async def _load_presumed_online(ctx: ServerContext) -> None:

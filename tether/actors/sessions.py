@@ -50,9 +50,12 @@ class Session:
     connection: Any = None
     conn_id: int | None = None
     dormant_since: float = 0.0
+    #: When the stored copy was last written (Unix ms; 0: never).
+    stored_at_ms: int = 0
 
     def record(self, now_ms: int) -> SessionRecord:
-        """The storage row for this session."""
+        """The storage row for this session (noting ``now_ms`` as its stored time)."""
+        self.stored_at_ms = now_ms
         return SessionRecord(
             id=self.id,
             user_id=self.user_id,
@@ -143,6 +146,12 @@ class SessionRegistry:
             del self._dormant[oldest]
             if session is not None and session.connection is None:
                 del self._sessions[oldest]
+
+    def live_stored_before(self, ms: int) -> list[Session]:
+        """Live sessions whose stored copy is older than ``ms`` (Unix ms)."""
+        return [
+            s for s in self._sessions.values() if s.connection is not None and s.stored_at_ms < ms
+        ]
 
     def __len__(self) -> int:
         return len(self._sessions)
