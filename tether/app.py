@@ -30,6 +30,9 @@ from tether.actors.connection import ConnectionActor
 from tether.actors.context import PresenceWriter, ServerContext
 from tether.actors.messages import CloseConnection, PeerClosed, Received
 from tether.config import ServerConfig
+from tether.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tether.metrics import render_metrics
+from tether.plugins.host import PluginHost, load_plugins
 from tether.storage import StorageUnavailable, open_store
 from tether.transport.auth import TokenVerifier
 from tether.transport.http import HttpRequest, HttpResponse
@@ -45,6 +48,9 @@ log = logging.getLogger("tether.server")
 _STOP_WAIT_S = 2.0
 #: Live sessions re-saved concurrently by the session sweep (group commit merges them).
 _SESSION_SAVE_BATCH = 256
+#: How long ``/readyz`` waits for a storage probe before answering (probes
+#: against a locked SQLite database wait out its busy timeout).
+_READY_PROBE_WAIT_S = 0.5
 
 SERVER_NAME = f"tether/{__version__}"
 
@@ -67,6 +73,9 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # Before anything starts: a missing or incompatible plugin refuses
+        # the start here (PluginError, a ConfigError), with its reason.
+        self.plugins = load_plugins(config)
         self.ctx: ServerContext | None = None
         self.listener: Listener | None = None
         self._shutdown = trio.Event()
@@ -115,6 +124,9 @@ class Server:
                         protocol_limits=Limits(max_frame_bytes=config.max_frame_bytes),
                     )
                     self.ctx = ctx
+                    if self.plugins:
+                        ctx.plugins = PluginHost(ctx, self.plugins)
+                        await ctx.plugins.start()
                     await _load_presumed_online(ctx)
                     system.registry.subscribe(_ConnectionsGone(self))
                     async with trio.open_nursery() as nursery:
@@ -238,9 +250,13 @@ class Server:
         if request.path == "/healthz":
             return HttpResponse.text(200, "ok\n")
         if request.path == "/readyz":
-            if self.ready and not self._draining:
-                return HttpResponse.text(200, "ready\n")
-            return HttpResponse.text(503, "not ready\n")
+            return await self._readiness()
+        if request.path == "/metrics" and self.config.metrics_enabled and self.ctx is not None:
+            return HttpResponse(
+                200,
+                render_metrics(self.ctx, self.listener).encode(),
+                content_type=METRICS_CONTENT_TYPE,
+            )
         if request.path == "/":
             return HttpResponse.text(
                 200,
@@ -248,6 +264,25 @@ class Server:
                 f"{SUBPROTOCOLS[0]}); see docs/protocol.md\n",
             )
         return HttpResponse.text(404, "not found\n")
+
+    async def _readiness(self) -> HttpResponse:
+        """``/readyz``: 200 while serving with working storage, else 503 saying why.
+
+        Storage counts as failing from a write transaction that failed as a
+        whole (``SqlStore.unavailable_reason``) until one commits. While it
+        fails, each ``/readyz`` queues a probe write (one at a time) and waits
+        for it briefly, so readiness comes back with the database even when
+        no client traffic writes (a node out of its load balancer gets none).
+        """
+        ctx = self.ctx
+        if self._draining:
+            return HttpResponse.text(503, "not ready: draining\n")
+        if not self.ready or ctx is None:
+            return HttpResponse.text(503, "not ready: starting\n")
+        problem = await _storage_problem(ctx.store)
+        if problem is not None:
+            return HttpResponse.text(503, f"not ready: storage unavailable: {problem}\n")
+        return HttpResponse.text(200, "ready\n")
 
 
 class _ConnectionsGone:
@@ -267,6 +302,20 @@ class _ConnectionsGone:
             and not ctx.system.registry.kinds().get("connection", 0)
         ):
             self._server._no_connections.set()
+
+
+async def _storage_problem(store: object) -> str | None:
+    """Why storage is failing, or None (stores without health reporting never fail here)."""
+    reason: str | None = getattr(store, "unavailable_reason", None)
+    probe = getattr(store, "probe_writes", None)
+    if reason is None or probe is None:
+        return reason
+    with trio.move_on_after(_READY_PROBE_WAIT_S):
+        # A failed probe needs no handling: the reason read below says why.
+        with contextlib.suppress(StorageUnavailable):
+            await probe()
+    result: str | None = getattr(store, "unavailable_reason", None)
+    return result
 
 
 async def _flush_room(ref: Any) -> None:

@@ -10,6 +10,7 @@ data folder, a secret generated on first start.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import tomllib
@@ -54,6 +55,8 @@ class ServerConfig:
     require_token_expiry: bool = True
     #: Log level name (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
+    #: Serve Prometheus metrics at ``GET /metrics`` on the same port.
+    metrics_enabled: bool = True
 
     #: Server heartbeat: a ping every interval (with up to 10% jitter).
     heartbeat_interval: float = 15.0
@@ -113,6 +116,21 @@ class ServerConfig:
     #: reading storage.
     resume_buffer_messages: int = 256
 
+    #: Plugins to load, in order: ``module:Class`` paths or names of entry
+    #: points in the ``tether.plugins`` group (see docs/plugins.md).
+    plugins: tuple[str, ...] = ()
+    #: Also load every installed ``tether.plugins`` entry point.
+    plugin_autoload: bool = False
+    #: Per-plugin settings: plugin name → its table (``[plugin_settings.<name>]``).
+    plugin_settings: Mapping[str, Mapping[str, typing.Any]] = dataclasses.field(
+        default_factory=dict, hash=False
+    )
+    #: Seconds the message interceptors have, in all, to answer about a message.
+    plugin_intercept_timeout: float = 0.5
+    #: When interceptors fail or time out: "open" (store the message) or
+    #: "closed" (refuse it with error 108, temporary).
+    plugin_fail_policy: str = "open"
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
@@ -167,6 +185,27 @@ class ServerConfig:
             raise ConfigError("max_room_members must be >= 2, max_pending_sends_per_room >= 1")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        self._check_plugin_settings()
+
+    def _check_plugin_settings(self) -> None:
+        plugins: object = self.plugins
+        if not isinstance(plugins, list | tuple) or not all(
+            isinstance(p, str) and p for p in plugins
+        ):
+            raise ConfigError(f"plugins: expected a list of non-empty str, got {plugins!r}")
+        # Normalized so that the frozen config holds no mutable list.
+        object.__setattr__(self, "plugins", tuple(plugins))
+        settings = self.plugin_settings
+        if not isinstance(settings, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in settings.items()
+        ):
+            raise ConfigError("plugin_settings: expected a table of tables (one per plugin)")
+        if not self.plugin_intercept_timeout > 0:
+            raise ConfigError("plugin_intercept_timeout must be positive")
+        if self.plugin_fail_policy not in {"open", "closed"}:
+            raise ConfigError(
+                f"plugin_fail_policy: expected 'open' or 'closed', got {self.plugin_fail_policy!r}"
+            )
 
     @property
     def effective_database_url(self) -> str:
@@ -205,7 +244,18 @@ def _field_types() -> dict[str, type]:
 
 def _coerce(name: str, raw: object, kind: type) -> object:
     """Turn a TOML or environment value into the field's type."""
+    origin = typing.get_origin(kind)
     try:
+        if origin is tuple:  # tuple[str, ...]: a TOML array, or comma-separated text
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(raw)
+            return tuple(i.strip() for i in items if i.strip())
+        if origin is Mapping:  # a TOML table, or JSON text in the environment
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, dict):
+                raise ValueError(raw)
+            return value
         if kind is bool:
             if isinstance(raw, bool):
                 return raw

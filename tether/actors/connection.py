@@ -675,6 +675,10 @@ class ConnectionActor(PipeToSelf):
             self.ctx.online.introduce(
                 [me, *members], members, self.ctx.config.presence_auto_subscribe_max_members
             )
+            plugins = self.ctx.plugins
+            if plugins is not None:
+                changes = [(me, "joined"), *((m, "invited") for m in members)]
+                plugins.membership_changed(info.id, changes, me)
 
         limit = self.ctx.config.max_rooms_per_user
         self._io(
@@ -726,6 +730,11 @@ class ConnectionActor(PipeToSelf):
                     [event.user],
                     self.ctx.config.presence_auto_subscribe_max_members,
                 )
+                plugins = self.ctx.plugins
+                if plugins is not None:
+                    plugins.membership_changed(
+                        info.id, [(me, "joined"), (event.user, "joined")], me
+                    )
 
         limit = self.ctx.config.max_rooms_per_user
         self._io(

@@ -13,12 +13,14 @@ import trio
 
 from tether.actors.sessions import SessionRegistry
 from tether.config import ServerConfig
+from tether.metrics import FANOUT_SECONDS_BUCKETS, Histogram
 from tether.transport.auth import TokenVerifier
 from tether.transport.protocol.connection import Limits
 
 if TYPE_CHECKING:
     from tether.actors import ActorRef, ActorSystem
     from tether.actors.outbox import Outbox
+    from tether.plugins.host import PluginHost
     from tether.storage.interfaces import Store
 
 log = logging.getLogger("tether.actors")
@@ -56,6 +58,11 @@ class Counters:
     rooms_resumed: int = 0
     #: Messages replayed to resuming connections.
     replayed_messages: int = 0
+    #: Plugin crashes (each plugin is restarted with backoff; never fatal).
+    plugin_failures: int = 0
+    #: Seconds from a message's commit result reaching its RoomActor to its
+    #: push into the members' outboxes (``tether_fanout_latency_seconds``).
+    fanout_seconds: Histogram = field(default_factory=lambda: Histogram(FANOUT_SECONDS_BUCKETS))
 
 
 class ActorDirectory:
@@ -381,6 +388,9 @@ class ServerContext:
     #: grace period, as if their connections had just dropped; entries are
     #: taken by the UserActor or expired by the server after the grace.
     presumed_online: dict[str, int] = field(default_factory=dict)
+    #: The plugin host (``tether.plugins.host``), None when no plugin is loaded:
+    #: actors check it before building any plugin event.
+    plugins: PluginHost | None = None
     #: When this process started serving (trio clock, and Unix ms).
     started_at: float = 0.0
     started_at_ms: int = 0

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +33,8 @@ from tether.actors.context import ServerContext
 from tether.actors.io import IoDone, PipeToSelf
 from tether.actors.outbox import Outbox
 from tether.actors.receipts import ReceiptLog, Typists
+from tether.plugins._messages import PluginPost
+from tether.plugins.api import Allow, Intercept, Modify, Posted, PostError, Reject
 from tether.storage.errors import Conflict, LimitExceeded, NotFound, StorageUnavailable
 from tether.storage.records import MAX_HISTORY_LIMIT, MessageRecord, RoomRecord
 from tether.transport.protocol import codec
@@ -55,6 +57,7 @@ from tether.transport.protocol.events import (
     ReceiptInfo,
     Receipts,
     Recovered,
+    Reply,
     RoomAdded,
     RoomInfo,
     RoomInvite,
@@ -68,10 +71,17 @@ from tether.transport.protocol.events import (
 )
 from tether.transport.websocket import encode_frame
 
+if TYPE_CHECKING:
+    from tether.plugins.host import PluginHost
+
 log = logging.getLogger("tether.room")
 
 MAX_RECEIPTS_PER_PUSH = 1000
 MAX_TYPING_PER_PUSH = 100
+#: (sender, cid) of intercepted messages already allowed, per room: a retry
+#: of one goes straight to storage (which answers ``dup``) instead of being
+#: intercepted again, possibly into another verdict.
+MAX_ACCEPTED_CIDS = 4096
 
 
 def now_ms() -> int:
@@ -198,6 +208,21 @@ def storage_error(request: Any, exc: BaseException) -> Any:
     return request.error(ErrorCode.INTERNAL, "internal error")
 
 
+def _with_body(reply: Reply, body: Any) -> Reply:
+    """``reply`` with ``body`` added: what was stored when a plugin changed the message."""
+    return Reply(ref=reply.ref, data={**reply.data, "body": body})
+
+
+def _post_error(exc: BaseException) -> PostError:
+    """What a plugin's post gets when storing it failed."""
+    if isinstance(exc, StorageUnavailable):
+        return PostError(int(ErrorCode.UNAVAILABLE), "storage unavailable, retry")
+    if isinstance(exc, NotFound):
+        return PostError(int(ErrorCode.ROOM_NOT_FOUND), str(exc)[:200] or "not found")
+    log.error("plugin post failed: %r", exc)
+    return PostError(int(ErrorCode.INTERNAL), "internal error")
+
+
 def _own_message_error(request: Any, exc: BaseException) -> Any:
     """The error reply for a failed edit or delete of one's own message."""
     if isinstance(exc, NotFound):
@@ -232,6 +257,7 @@ class RoomActor(PipeToSelf):
         self._pending_sends = 0
         self._reorder: dict[int, Message] = {}
         self._origin: dict[int, int] = {}  # seq -> connection that sent it
+        self._committed_at: dict[int, float] = {}  # seq -> its commit result came (metrics)
         self._outgoing: list[tuple[Message, int | None]] = []
         self._flush_queued = False
         self._next_seq = 1
@@ -245,6 +271,13 @@ class RoomActor(PipeToSelf):
         # no storage read: (seq, frame), contiguous, oldest first.
         self._recent: deque[tuple[int, bytes]] | None = deque(maxlen=size) if size else None
         self._resuming = 0
+        # Plugin interception: sends and edits waiting for a verdict, per
+        # sender, in arrival order (one asked at a time per sender, so the
+        # sender's order holds); allowed (sender, cid) → the stored body when
+        # a plugin changed it, else None.
+        self._intercepting = 0
+        self._held: dict[str, deque[RoomRequest]] = {}
+        self._accepted: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     # -- lifecycle ------------------------------------------------------------
     async def on_start(self) -> None:  # type: ignore[override]  # async hooks are ours
@@ -277,7 +310,7 @@ class RoomActor(PipeToSelf):
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch by message type."""
-        if self._retiring and isinstance(message, RoomRequest | ResumeRoom):
+        if self._retiring and isinstance(message, RoomRequest | ResumeRoom | PluginPost):
             successor = self.ctx.rooms.get(self.room_id)
             if successor is not None:
                 self._tell(successor, message)
@@ -293,6 +326,9 @@ class RoomActor(PipeToSelf):
                 self._on_resume(message)
             case IoDone():
                 self._io_done(message)
+            case PluginPost():
+                self._last_activity = trio.current_time()
+                self._on_plugin_post(message)
             case ConnectionGone():
                 # Only when the user has no connection left: another device
                 # may be the one typing now (a stale entry expires anyway).
@@ -423,36 +459,48 @@ class RoomActor(PipeToSelf):
 
     # -- messages ---------------------------------------------------------------
     def _on_send(self, request: RoomRequest, event: MsgSend) -> None:
-        if self._pending_sends >= self.ctx.config.max_pending_sends_per_room:
+        pending = self._pending_sends + self._intercepting
+        if pending >= self.ctx.config.max_pending_sends_per_room:
             self._respond(request, event.error(ErrorCode.RATE_LIMITED, "room busy, retry"))
             return
+        plugins = self.ctx.plugins
+        if plugins is not None and plugins.intercepting:
+            self._hold(request)
+            return
+        self._store_send(request, event, event.body, modified=False)
+
+    def _store_send(
+        self, request: RoomRequest, event: MsgSend, body: Any, *, modified: bool
+    ) -> None:
+        """Append the message (``body``: what plugins left of it) and answer the sender."""
         self._pending_sends += 1
         self.ctx.counters.messages_in += 1
         ts = now_ms()
         store = self.ctx.store
 
         def append() -> Awaitable[Any]:
-            return store.append_message(self.room_id, request.user, event.cid, event.body, ts)
+            return store.append_message(self.room_id, request.user, event.cid, body, ts)
 
         def done(result: Any, error: BaseException | None) -> None:
             self._pending_sends -= 1
             if error is not None:
+                self._accepted.pop((request.user, event.cid), None)  # not stored: ask again
                 self._respond(request, storage_error(event, error))
                 self._deliver_ready()
                 return
-            self._respond(
-                request, event.reply(seq=result.seq, ts=result.created_at_ms, dup=result.duplicate)
-            )
+            reply = event.reply(seq=result.seq, ts=result.created_at_ms, dup=result.duplicate)
+            self._respond(request, _with_body(reply, body) if modified else reply)
             if not result.duplicate:
                 self._reorder[result.seq] = Message(
                     room=self.room_id,
                     seq=result.seq,
                     cid=event.cid,
                     sender=request.user,
-                    body=event.body,
+                    body=body,
                     ts=result.created_at_ms,
                 )
                 self._origin[result.seq] = request.conn_id
+                self._committed_at[result.seq] = trio.current_time()
             if self.typists.stop(request.user):
                 self._push_typing()
             self._deliver_ready()
@@ -468,6 +516,7 @@ class RoomActor(PipeToSelf):
         same idea as storage's group commit).
         """
         reorder = self._reorder
+        plugins = self.ctx.plugins
         while reorder:
             message = reorder.pop(self._next_seq, None)
             if message is None:
@@ -478,6 +527,8 @@ class RoomActor(PipeToSelf):
                 self._next_seq = min(reorder)
                 continue
             self._outgoing.append((message, self._origin.pop(message.seq, None)))
+            if plugins is not None:
+                plugins.message_committed(message)
             self.last_seq = max(self.last_seq, message.seq)
             self._next_seq = message.seq + 1
         if self._outgoing and not self._flush_queued:
@@ -501,13 +552,35 @@ class RoomActor(PipeToSelf):
             self.delivered_pushes += self.ctx.online.push(
                 self.members, frames[0], exclude=outgoing[0][1], room=self.room_id, seq=last
             )
+            self._observe_fanout(outgoing)
             return
         origins = [origin for _, origin in outgoing]
         self.delivered_pushes += self.ctx.online.push_batch(
             self.members, frames, origins, room=self.room_id, seq=last
         )
+        self._observe_fanout(outgoing)
+
+    def _observe_fanout(self, pushed: list[tuple[Message, int | None]]) -> None:
+        """Record each pushed message's commit-to-outbox time (``/metrics``)."""
+        committed_at = self._committed_at
+        now = trio.current_time()
+        observe = self.ctx.counters.fanout_seconds.observe
+        for message, _ in pushed:
+            at = committed_at.pop(message.seq, None)
+            if at is not None:
+                observe(now - at)
 
     def _on_edit(self, request: RoomRequest, event: MsgEdit) -> None:
+        plugins = self.ctx.plugins
+        if plugins is not None and plugins.intercepting:
+            self._hold(request)
+            return
+        self._store_edit(request, event, event.body, modified=False)
+
+    def _store_edit(
+        self, request: RoomRequest, event: MsgEdit, body: Any, *, modified: bool
+    ) -> None:
+        """Replace the message's body with ``body`` (what plugins left of the edit)."""
         ts = now_ms()
         store = self.ctx.store
 
@@ -517,17 +590,137 @@ class RoomActor(PipeToSelf):
             else:
                 edited_at = result.edited_at_ms or ts
                 self._forget_recent(event.seq)
-                self._respond(request, event.reply(edited_at=edited_at))
+                reply = event.reply(edited_at=edited_at)
+                self._respond(request, _with_body(reply, body) if modified else reply)
                 self._push(
-                    MessageEdited(
-                        room=self.room_id, seq=event.seq, body=event.body, edited_at=edited_at
-                    ),
+                    MessageEdited(room=self.room_id, seq=event.seq, body=body, edited_at=edited_at),
                     exclude=request.conn_id,
                 )
+                plugins = self.ctx.plugins
+                if plugins is not None:
+                    plugins.message_edited(self.room_id, event.seq, request.user, body, edited_at)
 
-        self._io(
-            lambda: store.edit_message(self.room_id, event.seq, request.user, event.body, ts), done
+        self._io(lambda: store.edit_message(self.room_id, event.seq, request.user, body, ts), done)
+
+    # -- plugins ----------------------------------------------------------------------
+    def _hold(self, request: RoomRequest) -> None:
+        """Queue a send or edit for the plugins' verdict (one at a time per sender)."""
+        self._intercepting += 1
+        queue = self._held.get(request.user)
+        if queue is not None:
+            queue.append(request)
+            return
+        self._held[request.user] = deque((request,))
+        self._intercept_next(request.user)
+
+    def _intercept_next(self, user: str) -> None:
+        """Ask the plugins about ``user``'s oldest held request, in a task.
+
+        The room keeps handling its mail meanwhile; the verdict comes back as a
+        message. The host bounds the wait (``plugin_intercept_timeout``).
+        """
+        queue = self._held[user]
+        plugins = self.ctx.plugins
+        while queue:
+            request = queue[0]
+            event = request.event
+            if isinstance(event, MsgSend) and (user, event.cid) in self._accepted:
+                # A retry of an allowed message: storage answers dup with the
+                # original seq; the verdict is not asked for again.
+                queue.popleft()
+                self._intercepting -= 1
+                stored = self._accepted[(user, event.cid)]
+                body = event.body if stored is None else stored
+                self._store_send(request, event, body, modified=stored is not None)
+                continue
+            if plugins is not None:
+                self._ask_plugins(user, queue, request, plugins)
+                return
+        del self._held[user]
+
+    def _ask_plugins(
+        self, user: str, queue: deque[RoomRequest], request: RoomRequest, plugins: PluginHost
+    ) -> None:
+        event = request.event
+        is_send = isinstance(event, MsgSend)
+        intercept = Intercept(
+            room=self.room_id,
+            sender=user,
+            body=event.body,
+            kind="send" if is_send else "edit",
+            cid=event.cid if is_send else None,
+            seq=None if is_send else event.seq,
         )
+
+        def decided(verdict: Any, error: BaseException | None) -> None:
+            queue.popleft()
+            self._intercepting -= 1
+            if error is None and isinstance(verdict, Reject):
+                self._respond(request, event.error(ErrorCode.REJECTED, verdict.reason))
+            elif error is not None or not isinstance(verdict, Allow | Modify):
+                # Fail-closed: temporary, a retry with the same cid is safe.
+                reason = getattr(verdict, "reason", None) or "message filter unavailable"
+                self._respond(request, event.error(ErrorCode.UNAVAILABLE, f"{reason}, retry"))
+            else:
+                modified = isinstance(verdict, Modify)
+                body = verdict.body if isinstance(verdict, Modify) else event.body
+                if is_send:
+                    accepted = self._accepted
+                    accepted[(user, event.cid)] = body if modified else None
+                    if len(accepted) > MAX_ACCEPTED_CIDS:
+                        accepted.popitem(last=False)
+                    self._store_send(request, event, body, modified=modified)
+                else:
+                    self._store_edit(request, event, body, modified=modified)
+            self._intercept_next(user)
+
+        self._io(lambda: plugins.intercept(intercept), decided)
+
+    def _on_plugin_post(self, post: PluginPost) -> None:
+        """A plugin posts as its bot user: no membership check, no interception."""
+        reply = post.reply
+        if self.unavailable or self.missing:
+            code = ErrorCode.UNAVAILABLE if self.unavailable else ErrorCode.ROOM_NOT_FOUND
+            reason = "storage unavailable, retry" if self.unavailable else "no such room"
+            reply.set_exception((PostError, PostError(int(code), reason), None))
+            self._maybe_retire_missing()
+            return
+        if self._pending_sends + self._intercepting >= self.ctx.config.max_pending_sends_per_room:
+            busy = PostError(int(ErrorCode.RATE_LIMITED), "room busy, retry")
+            reply.set_exception((PostError, busy, None))
+            return
+        self._pending_sends += 1
+        ts = now_ms()
+        ctx = self.ctx
+
+        async def append() -> Any:
+            if post.user not in ctx.known_users:
+                await ctx.store.upsert_user(post.user, post.user_name)
+                ctx.known_users.add(post.user)
+            return await ctx.store.append_message(self.room_id, post.user, post.cid, post.body, ts)
+
+        def done(result: Any, error: BaseException | None) -> None:
+            self._pending_sends -= 1
+            if error is not None:
+                reply.set_exception((PostError, _post_error(error), None))
+                self._deliver_ready()
+                return
+            reply.set(
+                Posted(self.room_id, result.seq, result.created_at_ms, post.cid, result.duplicate)
+            )
+            if not result.duplicate:
+                self._reorder[result.seq] = Message(
+                    room=self.room_id,
+                    seq=result.seq,
+                    cid=post.cid,
+                    sender=post.user,
+                    body=post.body,
+                    ts=result.created_at_ms,
+                )
+                self._committed_at[result.seq] = trio.current_time()
+            self._deliver_ready()
+
+        self._io(append, done)
 
     def _on_delete(self, request: RoomRequest, event: MsgDelete) -> None:
         store = self.ctx.store
@@ -542,6 +735,9 @@ class RoomActor(PipeToSelf):
                 self._push(
                     MessageDeleted(room=self.room_id, seq=event.seq), exclude=request.conn_id
                 )
+                plugins = self.ctx.plugins
+                if plugins is not None:
+                    plugins.message_deleted(self.room_id, event.seq, request.user)
 
         self._io(lambda: store.delete_message(self.room_id, event.seq, request.user, ts), done)
 
@@ -864,6 +1060,9 @@ class RoomActor(PipeToSelf):
                 self.ctx.online.introduce(
                     self.members, (user,), self.ctx.config.presence_auto_subscribe_max_members
                 )
+                plugins = self.ctx.plugins
+                if plugins is not None:
+                    plugins.membership_changed(self.room_id, ((user, action.value),), request.user)
             self._respond(request, reply())
 
         limit = self.ctx.config.max_rooms_per_user
@@ -913,6 +1112,9 @@ class RoomActor(PipeToSelf):
                     [*self.members, user],
                     exclude=request.conn_id,
                 )
+                plugins = self.ctx.plugins
+                if plugins is not None:
+                    plugins.membership_changed(self.room_id, ((user, action.value),), request.user)
             self._respond(request, request.event.reply())
 
         self._io(lambda: store.remove_member(self.room_id, user), done)
@@ -923,6 +1125,7 @@ class RoomActor(PipeToSelf):
         timeout = self.ctx.config.room_idle_timeout
         busy = (
             self._pending_sends
+            or self._intercepting
             or self._resuming
             or self.typists.users()
             or self.receipts.has_changes

@@ -219,7 +219,12 @@ class UserActor(Actor):
 
     # -- presence -------------------------------------------------------------
     def _announce(self, snapshot: PresenceSnapshot | None) -> None:
-        if snapshot is None or not self.watchers:
+        if snapshot is None:
+            return
+        plugins = self.ctx.plugins
+        if plugins is not None:
+            plugins.presence_changed(snapshot)
+        if not self.watchers:
             return
         frame = encode_frame(codec.encode(Presence.from_snapshot(snapshot)))
         self.ctx.counters.presence_events += 1

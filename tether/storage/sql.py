@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 import trio
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from tether.metrics import BATCH_OPS_BUCKETS, COMMIT_SECONDS_BUCKETS, Histogram
 from tether.storage import _sqlops as ops
 from tether.storage._common import (
     check_client_id,
@@ -204,11 +205,55 @@ class SqlStore:
         self._latency_last = 0.0
         self._latency_ewma = 0.0
         self._failures = 0
+        #: Seconds per write transaction, committed or failed (``/metrics``).
+        self.commit_seconds = Histogram(COMMIT_SECONDS_BUCKETS)
+        #: Writes per transaction, committed or failed (``/metrics``).
+        self.batch_ops = Histogram(BATCH_OPS_BUCKETS)
+        self._unavailable: str | None = None
+        self._probe: _Pending | None = None
 
     @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine (for diagnostics; do not write through it)."""
         return self._engine
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why the latest write transaction failed as a whole (database
+        unavailable), or None: at start, and again once a transaction commits.
+
+        Only writes tell: with no writes, a database that went away (or came
+        back) goes unnoticed until :meth:`probe_writes` or the next write.
+        """
+        return self._unavailable
+
+    async def probe_writes(self) -> None:
+        """Run an empty write transaction through the committer, so that
+        :attr:`unavailable_reason` is learnt again without any traffic.
+
+        Concurrent callers share one probe. Cancelling the wait leaves the
+        probe queued: it still runs and still updates the state.
+
+        Raises:
+          StorageUnavailable: the transaction failed, the write queue is
+            full, or the store is closed.
+        """
+        probe = self._probe
+        if probe is None or probe.done.is_set():
+            probe = _Pending(ops.single(_probe_write))
+            try:
+                self._send.send_nowait(probe)
+            except trio.WouldBlock:
+                raise StorageUnavailable(
+                    f"overloaded: {self._max_pending} writes already queued"
+                ) from None
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise StorageUnavailable("store is closed") from None
+            self._probe = probe
+        await probe.done.wait()
+        if probe.error is not None:
+            # A fresh exception per caller: they may raise it concurrently.
+            raise StorageUnavailable(str(probe.error)) from probe.error
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of the committer's counters (sync, cheap)."""
@@ -264,6 +309,7 @@ class SqlStore:
                 )
             except StorageUnavailable as exc:
                 self._record(batch, started, failed=True)
+                self._unavailable = str(exc)
                 logger.warning("write batch of %d failed: %s", len(batch), exc)
                 for pending in batch:
                     # A fresh exception per waiter: they raise it concurrently.
@@ -292,9 +338,12 @@ class SqlStore:
             self._latency_ewma += _EWMA_WEIGHT * (latency - self._latency_ewma)
         self._last_batch_size = len(batch)
         self._max_batch_size = max(self._max_batch_size, len(batch))
+        self.commit_seconds.observe(latency / 1000.0)
+        self.batch_ops.observe(len(batch))
         if failed:
             self._failures += 1
         else:
+            self._unavailable = None
             self._batches += 1
             self._ops_committed += len(batch)
             self._checkpoint_wanted.set()
@@ -633,6 +682,12 @@ class SqlStore:
             updated_before_ms=check_int("updated_before_ms", updated_before_ms),
         )
         return cast(int, await self._write(op))
+
+
+def _probe_write(connection: Connection) -> None:
+    # A statement, so that PostgreSQL (whose BEGIN is lazy) is really asked;
+    # on SQLite the write transaction's BEGIN IMMEDIATE already takes the lock.
+    connection.exec_driver_sql("SELECT 1")
 
 
 def _check_schema(engine: Engine) -> None:

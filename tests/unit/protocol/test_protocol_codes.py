@@ -49,6 +49,7 @@ SPEC_ERRORS = {
     124: ("NOT_AUTHOR", False),
     125: ("ROOM_FULL", False),
     126: ("NOT_PUBLIC", False),
+    127: ("REJECTED", False),
 }
 
 

@@ -162,6 +162,9 @@ class ErrorCode(IntEnum):
     ROOM_FULL = 125
     #: ``room.join`` of a room that is not public (private or direct).
     NOT_PUBLIC = 126
+    #: A server plugin refused the message (``msg.send``, ``msg.edit``); the
+    #: reason says why. Sending it again unchanged is refused again.
+    REJECTED = 127
 
     @property
     def temporary(self) -> bool:
