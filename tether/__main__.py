@@ -1,4 +1,4 @@
-"""The ``tether`` command line: serve, token, db, bench.
+"""The ``tether`` command line: serve, token, db, console, bench.
 
 ``tether serve`` runs a node on its embedded defaults (SQLite and a generated
 secret in ``./tether-data``); ``tether token --user ID`` mints a client token
@@ -110,6 +110,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             args.user,
             name=args.name,
             ttl_s=None if args.ttl == 0 else args.ttl,
+            admin=args.admin,
         )
     except TokenError as exc:
         print(f"tether token: {exc.reason}", file=sys.stderr)
@@ -144,6 +145,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """Watch and steer a running server through its admin API (see docs/console.md)."""
+    from tether.console import tui  # noqa: PLC0415
+
+    try:
+        token = tui.resolve_token(args.token, args.token_file)
+    except OSError as exc:
+        print(f"tether console: cannot read the token file: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(
+            "tether console: no admin token (--token, --token-file or TETHER_ADMIN_TOKEN; "
+            "mint one with `tether token --admin --user NAME`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return tui.main(args.url, token, once=args.once, sort=args.sort, kind=args.kind)
+    except ValueError as exc:
+        print(f"tether console: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tether`` command."""
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
@@ -161,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=float, default=86400.0, help="lifetime in seconds (0: no expiry)"
     )
+    token.add_argument(
+        "--admin",
+        action="store_true",
+        help="operator token for the console's /admin/ API (--user names the operator)",
+    )
     token.set_defaults(func=cmd_token)
 
     db = sub.add_parser("db", help="database schema")
@@ -168,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--database", dest="database_url", help="database URL")
     db.add_argument("action", choices=["upgrade", "current"])
     db.set_defaults(func=cmd_db)
+
+    console = sub.add_parser("console", help="live view of a running server's actors")
+    console.add_argument(
+        "--url", default="http://127.0.0.1:8740", help="the server (default http://127.0.0.1:8740)"
+    )
+    console.add_argument("--token", help="admin token (else --token-file or TETHER_ADMIN_TOKEN)")
+    console.add_argument("--token-file", type=Path, help="file whose first line is the admin token")
+    console.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    console.add_argument(
+        "--sort",
+        default="mailbox",
+        choices=["mailbox", "handled", "rate", "age", "failures"],
+        help="actor table order (default mailbox depth)",
+    )
+    console.add_argument("--kind", help="show only actors of this kind")
+    console.set_defaults(func=cmd_console)
 
     bench = sub.add_parser("bench", help="measure (see docs/operations.md)")
     scenarios = bench.add_subparsers(dest="scenario", required=True)

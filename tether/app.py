@@ -30,6 +30,7 @@ from tether.actors.connection import ConnectionActor
 from tether.actors.context import PresenceWriter, ServerContext
 from tether.actors.messages import CloseConnection, PeerClosed, Received
 from tether.config import ServerConfig
+from tether.console.api import AdminApi
 from tether.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tether.metrics import render_metrics
 from tether.plugins.host import PluginHost, load_plugins
@@ -82,10 +83,17 @@ class Server:
         self._draining = False
         self._no_connections = trio.Event()
         self.ready = False
+        #: The operator console's ``/admin/`` API (see ``docs/console.md``).
+        self.admin = AdminApi(self)
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown (idempotent, callable from the trio thread)."""
         self._shutdown.set()
+
+    @property
+    def draining(self) -> bool:
+        """Whether a graceful shutdown (drain) was requested or is under way."""
+        return self._draining or self._shutdown.is_set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`request_shutdown`, then shut down gracefully.
@@ -128,6 +136,7 @@ class Server:
                         ctx.plugins = PluginHost(ctx, self.plugins)
                         await ctx.plugins.start()
                     await _load_presumed_online(ctx)
+                    await self.admin.start(ctx)
                     system.registry.subscribe(_ConnectionsGone(self))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(writer.run)
@@ -251,6 +260,8 @@ class Server:
             return HttpResponse.text(200, "ok\n")
         if request.path == "/readyz":
             return await self._readiness()
+        if request.path == "/admin" or request.path.startswith("/admin/"):
+            return await self.admin.handle(request)
         if request.path == "/metrics" and self.config.metrics_enabled and self.ctx is not None:
             return HttpResponse(
                 200,

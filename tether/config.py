@@ -57,6 +57,10 @@ class ServerConfig:
     log_level: str = "INFO"
     #: Serve Prometheus metrics at ``GET /metrics`` on the same port.
     metrics_enabled: bool = True
+    #: Serve the operator console's HTTP API under ``/admin/`` (admin tokens only).
+    admin_enabled: bool = True
+    #: Accept ``/admin/`` requests from non-loopback peers (default: loopback only).
+    admin_allow_remote: bool = False
 
     #: Server heartbeat: a ping every interval (with up to 10% jitter).
     heartbeat_interval: float = 15.0

@@ -8,6 +8,7 @@ from ._core.actor import Actor
 from ._core.context import current_system
 from ._core.errors import ActorDeadError, ActorError, AskTimeout, MailboxFull, WouldDeadlock
 from ._core.future import Future, wait
+from ._core.introspect import TraceSnapshot, WaitingOn, start_trace, trace_snapshot, waiting_on
 from ._core.reasons import StopReason
 from ._core.ref import ActorRef
 from ._core.registry import Registry, RegistryObserver
@@ -32,8 +33,13 @@ __all__ = [
     "SystemStatistics",
     "ThreadActor",
     "TimerHandle",
+    "TraceSnapshot",
+    "WaitingOn",
     "WouldDeadlock",
     "current_system",
     "open_actor_system",
+    "start_trace",
+    "trace_snapshot",
     "wait",
+    "waiting_on",
 ]

@@ -779,6 +779,39 @@ class ConnectionActor(PipeToSelf):
         log.debug("connection %s: closed by peer (%s)", self.conn_id, msg.code)
         self.stop(reason=StopReason.CLIENT_LEFT)
 
+    # -- console ------------------------------------------------------------
+    def state_summary(self) -> str:
+        """One line for the console's actor list."""
+        who = self.identity.user_id if self.identity else "(no hello yet)"
+        return f"{who} on {self.device or '-'} from {self.ws.remote}, {self._state_name()}"
+
+    def _state_name(self) -> str:
+        if self.ws.closed:
+            return "closed"
+        if self.identity is None:
+            return "awaiting hello"
+        return "resumed" if self.resumed else "live"
+
+    def inspect(self) -> dict[str, Any]:
+        """Console detail (runs in the actor: trio thread)."""
+        now = trio.current_time()
+        return {
+            "conn_id": self.conn_id,
+            "user": self.identity.user_id if self.identity else None,
+            "device": self.device or None,
+            "session": self.session.id if self.session else None,
+            "resumed": self.resumed,
+            "remote": self.ws.remote,
+            "subprotocol": self.ws.subprotocol,
+            "outbound_queued_bytes": self.ws.outbound_bytes,
+            "outbox_overflowed": self.outbox.overflowed,
+            "pushed": self.outbox.pushed,
+            "watching": len(self.watching),
+            "typing_rooms": sorted(self._typing_rooms),
+            "idle_s": round(now - self.last_activity, 3),
+            "state": self._state_name(),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _ResumeDeadline:

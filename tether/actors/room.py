@@ -1136,3 +1136,35 @@ class RoomActor(PipeToSelf):
         self._retiring = True
         self.ctx.rooms.remove(self.room_id, self.ref)
         self._tell(self.ref, _Retire())
+
+    # -- console ------------------------------------------------------------
+    def state_summary(self) -> str:
+        """One line for the console's actor list."""
+        if self.missing:
+            return "missing" + (" (storage unavailable)" if self.unavailable else "")
+        return (
+            f"{len(self.members)} members, last_seq {self.last_seq}, "
+            f"{self._pending_sends} pending sends" + (", retiring" if self._retiring else "")
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """Console detail (runs in the actor: trio thread)."""
+        members = []
+        for user, role in sorted(self.members.items()):
+            delivered, read = self.receipts.position(user)
+            members.append({"user": user, "role": role, "delivered": delivered, "read": read})
+        return {
+            "room": self.room_id,
+            "missing": self.missing,
+            "unavailable": self.unavailable,
+            "members": members,
+            "last_seq": self.last_seq,
+            "typing": list(self.typists.users()),
+            "pending_sends": self._pending_sends,
+            "intercepting": self._intercepting,
+            "resuming": self._resuming,
+            "reorder_waiting": len(self._reorder),
+            "delivered_pushes": self.delivered_pushes,
+            "idle_s": round(trio.current_time() - self._last_activity, 3),
+            "retiring": self._retiring,
+        }

@@ -269,3 +269,38 @@ class UserActor(Actor):
             # A dead connection detaches itself; a full one is busy and its
             # own liveness clock still closes it if it stays silent.
             log.debug("user %s: %r dropped: %r", self.user_id, message, exc)
+
+    # -- console ------------------------------------------------------------
+    def state_summary(self) -> str:
+        """One line for the console's actor list."""
+        snap = self.state.published
+        return (
+            f"{snap.status}, {len(self.connections)} connections, {len(self.watchers)} watchers"
+            + (", in grace" if self.state.in_grace else "")
+        )
+
+    def inspect(self) -> dict[str, Any]:
+        """Console detail (runs in the actor: trio thread)."""
+        snap = self.state.published
+        # Read-only look at the presence state's per-connection idle flags.
+        flags = {conn_id: c.idle for conn_id, c in self.state._connections.items()}
+        return {
+            "user": self.user_id,
+            "connections": [
+                {
+                    "conn_id": conn_id,
+                    "device": live.device,
+                    "idle": flags.get(conn_id),
+                    "urn": live.ref.actor_urn,
+                }
+                for conn_id, live in self.connections.items()
+            ],
+            "presence": {
+                "status": str(snap.status),
+                "devices": snap.devices,
+                "last_seen_ms": snap.last_seen_ms,
+                "in_grace": self.state.in_grace,
+            },
+            "watchers": len(self.watchers),
+            "retiring": self._retiring,
+        }

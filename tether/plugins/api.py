@@ -429,6 +429,25 @@ class PluginBase:
         """Whether this class overrides ``hook`` (the server sends only those events)."""
         return getattr(cls, hook) is not getattr(PluginBase, hook)
 
+    def inspect(self) -> dict[str, Any]:
+        """Console detail: name, version and the host's status of this plugin."""
+        detail: dict[str, Any] = {"name": self.name, "version": self.version}
+        host = getattr(self.context, "_host", None)
+        for status in host.status() if host is not None else ():
+            if status.name == self.name:
+                detail.update(
+                    status="running" if status.running else "stopped",
+                    failures=status.failures,
+                    restarts=status.restarts,
+                    dropped_events=status.dropped_events,
+                )
+        detail.setdefault("status", "unknown")
+        return detail
+
+    def state_summary(self) -> str:
+        """One line for the console's actor list."""
+        return f"plugin {self.name} {self.version}".rstrip()
+
 
 class Plugin(PluginBase, Actor):
     """A plugin on the server's trio thread: hooks may be ``async def``.

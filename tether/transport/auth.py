@@ -7,6 +7,8 @@ A client proves who it is with a JWT signed with HS256 by the server's secret
 * ``name`` (optional): display name, at most 128 characters.
 * ``exp`` (required unless the operator sets ``require_token_expiry = false``).
 * ``iat`` / ``nbf`` (optional).
+* ``admin`` (optional): ``true`` grants the operator console's HTTP API
+  (``/admin/``, see ``docs/console.md``); ``tether token --admin`` sets it.
 
 ``--dev`` mode additionally accepts self-issued identities of the form
 ``dev:<user id>[:<display name>]``: convenient for local demos, never safe on a
@@ -43,11 +45,14 @@ class Identity:
         user_id: the ``sub`` claim.
         name: display name (the ``name`` claim, or the user id).
         expires_at: ``exp`` as seconds since the epoch, or ``None``.
+        admin: the token carries ``"admin": true`` (operator console access);
+            never true for ``--dev`` identities.
     """
 
     user_id: str
     name: str
     expires_at: float | None = None
+    admin: bool = False
 
 
 def _check_user_id(user_id: object) -> str:
@@ -116,11 +121,17 @@ class TokenVerifier:
             user_id,
             _check_name(claims.get("name"), user_id),
             float(exp) if isinstance(exp, int | float) else None,
+            claims.get("admin") is True,
         )
 
 
 def mint_token(
-    secret: bytes, user_id: str, *, name: str | None = None, ttl_s: float | None = 86400.0
+    secret: bytes,
+    user_id: str,
+    *,
+    name: str | None = None,
+    ttl_s: float | None = 86400.0,
+    admin: bool = False,
 ) -> str:
     """Mint a client token for ``user_id`` (what ``tether token`` prints).
 
@@ -130,6 +141,7 @@ def mint_token(
         name: optional display name.
         ttl_s: lifetime in seconds; ``None`` mints a token without ``exp``
             (accepted only when the server has ``require_token_expiry = false``).
+        admin: add the ``"admin": true`` claim (operator console access).
 
     Raises:
         TokenError: if the user id or name is invalid.
@@ -141,4 +153,6 @@ def mint_token(
         claims["name"] = _check_name(name, user_id)
     if ttl_s is not None:
         claims["exp"] = now + int(ttl_s)
+    if admin:
+        claims["admin"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

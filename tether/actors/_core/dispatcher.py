@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import sys
+import time
 import types
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import trio
 from pykka import messages
 
-from .envelope import _SPECIAL, _Ask, _ChildrenDone, _ChildStopped, _StopRequest
+from .envelope import _SPECIAL, ON_START, _Ask, _ChildrenDone, _ChildStopped, _StopRequest
 from .errors import ActorDeadError
 from .future import ExcInfo, Future
 from .reasons import StopReason
@@ -53,8 +54,11 @@ _START = 0
 _TELL = 1
 _ASK = 2
 
-# (coroutine to await, future for its result or None, what it is: _START/_TELL/_ASK)
-_Pending: TypeAlias = tuple[Coroutine[Any, Any, Any], Future[Any] | None, int]
+# (coroutine to await, future for its result or None, what it is: _START/_TELL/_ASK,
+# the message it handles)
+_Pending: TypeAlias = tuple[Coroutine[Any, Any, Any], Future[Any] | None, int, Any]
+
+_monotonic = time.monotonic
 
 
 class _Dispatcher:
@@ -147,7 +151,7 @@ class _Dispatcher:
                 break
             if type(result) is _CoroutineType:
                 self._account(ref, head - start)
-                self._go_async(ref, result, None, _TELL)
+                self._go_async(ref, result, None, _TELL, message)
                 return count + head - start
         self._account(ref, head - start)
         count += head - start
@@ -195,7 +199,7 @@ class _Dispatcher:
             self._start_failed(ref, sys.exc_info())
             return False
         if type(result) is _CoroutineType:
-            self._go_async(ref, result, None, _START)
+            self._go_async(ref, result, None, _START, ON_START)
             return False
         return True
 
@@ -219,7 +223,7 @@ class _Dispatcher:
                 reply._set_error(ActorDeadError(f"{ref} was torn down handling the message"))
                 raise
             if type(result) is _CoroutineType:
-                return (result, reply, _ASK)
+                return (result, reply, _ASK, inner)
             reply.set(result)
             return None
         if cls is _StopRequest:
@@ -248,7 +252,7 @@ class _Dispatcher:
             self._tell_failed(ref, actor, sys.exc_info())
             return None
         if type(result) is _CoroutineType:
-            return (result, None, _TELL)
+            return (result, None, _TELL, message)
         return None
 
     # ---------------------------------------------------------------- failures
@@ -280,10 +284,11 @@ class _Dispatcher:
         coro: Coroutine[Any, Any, Any],
         reply: Future[Any] | None,
         kind: int,
+        message: Any,
     ) -> None:
         ref._in_task = True
         self.system.nursery.start_soon(
-            self._task, ref, coro, reply, kind, name=f"tether.actors:{ref.kind}"
+            self._task, ref, coro, reply, kind, message, name=f"tether.actors:{ref.kind}"
         )
 
     async def _task(
@@ -292,12 +297,13 @@ class _Dispatcher:
         coro: Coroutine[Any, Any, Any],
         reply: Future[Any] | None,
         kind: int,
+        message: Any,
     ) -> None:
         """An actor's temporary task: await the handler, then drain the mailbox in order."""
         actor: Any = ref._actor
         if ref._space is not None:
             ref._wake_senders()  # the slice that started this task consumed messages
-        await self._await_handler(ref, actor, coro, reply, kind)
+        await self._await_handler(ref, actor, (coro, reply, kind, message))
         count = 0
         while ref._state == _RUNNING and ref._stop_req is None:
             buf = ref._buf
@@ -319,9 +325,9 @@ class _Dispatcher:
                     self._tell_failed(ref, actor, sys.exc_info())
                 else:
                     if type(result) is _CoroutineType:
-                        pending = (result, None, _TELL)
+                        pending = (result, None, _TELL, message)
             if pending is not None:
-                await self._await_handler(ref, actor, *pending)
+                await self._await_handler(ref, actor, pending)
             count += 1
             if count >= TASK_CHECKPOINT_EVERY:
                 count = 0
@@ -329,14 +335,11 @@ class _Dispatcher:
         ref._in_task = False
         self._settle(ref)
 
-    async def _await_handler(
-        self,
-        ref: ActorRef[Any],
-        actor: Any,
-        coro: Coroutine[Any, Any, Any],
-        reply: Future[Any] | None,
-        kind: int,
-    ) -> None:
+    async def _await_handler(self, ref: ActorRef[Any], actor: Any, pending: _Pending) -> None:
+        coro, reply, kind, message = pending
+        # Only async handlers are recorded: a synchronous one runs to completion
+        # on the trio thread, so nothing on that thread can ever see it running.
+        ref._busy = (message, _monotonic(), coro)
         try:
             result = await coro
         except Exception as exc:
@@ -357,5 +360,7 @@ class _Dispatcher:
             if reply is not None and not reply.done():
                 reply._set_error(ActorDeadError(f"{ref} was torn down handling the message"))
             raise
+        finally:
+            ref._busy = None
         if reply is not None:
             reply.set(result)

@@ -68,6 +68,18 @@ class _ChildrenDone:
     __slots__ = ()
 
 
+class _OnStart:
+    """What ``ref._busy`` names as the message while an async ``on_start`` runs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "on_start"
+
+
+ON_START = _OnStart()
+
+
 #: Messages that pykka's ``Actor._handle_receive`` routes (proxy calls and attribute access).
 _PROXY_MESSAGES: frozenset[type] = frozenset(
     {messages.ProxyCall, messages.ProxyGetAttr, messages.ProxySetAttr}

@@ -71,6 +71,7 @@ class ActorRef(pykka.ActorRef[A]):
     __slots__ = (
         "_actor",
         "_buf",
+        "_busy",
         "_children",
         "_depth",
         "_dispatcher",
@@ -99,6 +100,7 @@ class ActorRef(pykka.ActorRef[A]):
         "_system",
         "_tid",
         "_timers",
+        "_trace",
         "actor_class",
         "actor_urn",
         "kind",
@@ -168,6 +170,12 @@ class ActorRef(pykka.ActorRef[A]):
         self._stop_exc: BaseException | None = None
         self._stop_waiters: list[Future[bool]] | None = None
         self._pending_children = 0
+        # Introspection (see ``introspect``): ``(message, time.monotonic() when
+        # it began, coroutine or None)`` while an async handler (or a
+        # ThreadActor's handler) runs, else None; one slot so that idle actors
+        # pay 8 bytes. ``_trace`` is the trace ring while the console traces it.
+        self._busy: tuple[Any, float, Any] | None = None
+        self._trace: Any = None
 
     # ------------------------------------------------------------------ identity
 

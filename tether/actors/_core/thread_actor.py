@@ -18,6 +18,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import types
 from typing import TYPE_CHECKING, Any, Self
 
@@ -32,6 +33,8 @@ from .errors import ActorDeadError
 from .future import Future
 from .reasons import StopReason
 from .ref import _DEAD, _RUNNING, _STOPPING, ActorRef
+
+_monotonic = time.monotonic
 
 if TYPE_CHECKING:
     from .system import ActorSystem
@@ -348,7 +351,10 @@ class ThreadActor(_ActorBase, pykka.ThreadingActor):
             if ref._space is not None:
                 ref._system._bridge.call(ref._wake_senders)
             ref._handled += 1
+            # Read from the trio thread by the console (one tuple: read atomically).
+            ref._busy = (item, _monotonic(), None)
             self._handle(ref, item, waiters)
+            ref._busy = None
             if ref._state == _RUNNING and ref._stop_req is not None:
                 self._begin_stop(ref, ref._stop_req)
         self._wait_for_children(ref, inbox, waiters, leftovers)
