@@ -481,3 +481,26 @@ def test_cli_mints_admin_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert verifier.verify(admin).admin is True
     assert verifier.verify(admin).user_id == "ops-alice"
     assert verifier.verify(plain).admin is False
+
+
+async def test_storage_is_listed_with_the_actors(tmp_path: Path) -> None:
+    async with (
+        running_server(make_config(tmp_path)) as (_, info),
+        clients(info.port, ("alice", "a"), ("bob", "b")) as (alice, _bob),
+    ):
+        room = await make_room(alice, "bob")
+        await alice.ok("msg.send", room=room, cid="c1", body="hi")
+        summary = await ok_get(info.port, "/admin/api/summary")
+        assert summary["kinds"]["storage"] == 1
+        listed = await ok_get(info.port, "/admin/api/actors?sort=handled")
+        [storage] = by_kind(listed["actors"], "storage")
+        assert storage["urn"] == "storage"
+        assert storage["handled"] >= 3  # users, the room, the message were committed
+        assert storage["state"].startswith("ok")
+        handled = [row["handled"] for row in listed["actors"]]
+        assert handled == sorted(handled, reverse=True)  # in its place in the order
+        only = await ok_get(info.port, "/admin/api/actors?kind=storage")
+        assert [row["kind"] for row in only["actors"]] == ["storage"]
+        detail = await ok_get(info.port, "/admin/api/actors/storage")
+        assert detail["detail"]["ops_committed"] >= storage["handled"]
+        assert detail["waiting_on"] is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -89,6 +90,16 @@ TRACE_MIN_S: Final = 1
 TRACE_MAX_S: Final = 300
 
 _SORTS: Final = ("mailbox", "handled", "rate", "age", "failures")
+#: The row field each sort orders by (descending).
+_SORT_FIELDS: Final = {
+    "mailbox": "mailbox",
+    "handled": "handled",
+    "rate": "rate",
+    "age": "age_s",
+    "failures": "failures",
+}
+#: The store's committer is listed with the actors under this kind and urn.
+STORAGE_KIND: Final = "storage"
 _JSON_HEADERS: Final = (("Cache-Control", "no-store"),)
 
 #: Pages under ``/admin/`` served without a token (the web console's shell
@@ -277,7 +288,9 @@ class AdminApi:
 
     def _summary(self, ctx: ServerContext) -> dict[str, Any]:
         server = self.server
-        kinds = ctx.system.registry.kinds()
+        kinds = dict(ctx.system.registry.kinds())
+        if getattr(ctx.store, "statistics", None) is not None:
+            kinds[STORAGE_KIND] = 1
         return {
             "server": __version__,
             "uptime_s": round(trio.current_time() - ctx.started_at, 3),
@@ -372,7 +385,49 @@ class AdminApi:
             "failures": lambda r: r._failures,
         }
         refs = sorted(refs, key=keys[sort], reverse=True)
-        return {"actors": [self._row(ref) for ref in refs[:limit]], "total": len(refs)}
+        rows = [self._row(ref) for ref in refs[:limit]]
+        total = len(refs)
+        storage = self._storage_row(ctx) if kind in ("", STORAGE_KIND) else None
+        if storage is not None:
+            # Storage is a service, not an actor, but operators look for it in
+            # the same table: it takes its place in the chosen order.
+            field = _SORT_FIELDS[sort]
+            at = next((i for i, r in enumerate(rows) if r[field] < storage[field]), len(rows))
+            rows.insert(at, storage)
+            rows = rows[:limit]
+            total += 1
+        return {"actors": rows, "total": total}
+
+    def _storage_row(self, ctx: ServerContext) -> dict[str, Any] | None:
+        """The store's committer as a table row (None for stores without statistics)."""
+        statistics = getattr(ctx.store, "statistics", None)
+        if statistics is None:
+            return None
+        stats = statistics()
+        reason = getattr(ctx.store, "unavailable_reason", None)
+        state = (
+            f"unavailable: {reason}"
+            if reason
+            else f"ok, commit {stats.commit_latency_ms_ewma:.1f} ms avg, "
+            f"last batch {stats.last_batch_size}"
+        )
+        return {
+            "urn": STORAGE_KIND,
+            "kind": STORAGE_KIND,
+            "key": None,
+            "mailbox": stats.queue_depth,
+            "mailbox_peak": stats.max_batch_size,
+            "mailbox_size": None,
+            "handled": stats.ops_committed,
+            "rate": 0.0,
+            "failures": stats.failures,
+            "last_failure": reason,
+            "age_s": round(trio.current_time() - ctx.started_at, 3),
+            "state": state[:200],
+            "parent": None,
+            "children": 0,
+            "alive": True,
+        }
 
     def _tree(self, ctx: ServerContext) -> dict[str, Any]:
         registry = ctx.system.registry
@@ -401,6 +456,16 @@ class AdminApi:
         return ref
 
     async def _detail(self, ctx: ServerContext, urn: str) -> dict[str, Any]:
+        if urn == STORAGE_KIND:
+            row = self._storage_row(ctx)
+            if row is None:
+                raise _Problem(404, "this store keeps no statistics")
+            statistics = getattr(ctx.store, "statistics")  # noqa: B009 - checked above
+            return {
+                "actor": row,
+                "detail": dataclasses.asdict(statistics()),
+                "waiting_on": None,
+            }
         ref = self._ref(ctx, urn)
         self._sample_rates(list(ctx.system.registry))
         row = self._row(ref)
