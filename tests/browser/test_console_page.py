@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from tether.testing.raw import RawClient, make_room, raw_client
+from tether.testing.raw import make_room, raw_client, text_push
 from tether.testing.server import SECRET, make_config, running_server
 from tether.transport.auth import mint_token
 
@@ -40,15 +39,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(_missing), reason="browser test needs " + ", ".join(_missing)),
 ]
-
-
-async def text_push(client: RawClient, needle: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The next push whose content mentions ``needle`` (others skipped)."""
-    with trio.fail_after(timeout):
-        while True:
-            frame = await client.pushes.receive()
-            if needle in repr(frame):
-                return frame
 
 
 async def test_console_page_in_chromium(tmp_path: Path) -> None:

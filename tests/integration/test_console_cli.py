@@ -6,14 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from tether.console import tui, web
 from tether.console.tui import AdminClient, Command, ConsoleState
 from tether.testing.http import http_request
-from tether.testing.raw import RawClient, make_room, raw_client
+from tether.testing.raw import make_room, raw_client, text_push
 from tether.testing.server import SECRET, make_config, running_server
 from tether.transport.auth import mint_token
 
@@ -32,15 +31,6 @@ async def console(*args: str) -> subprocess.CompletedProcess[bytes]:
             check=False,
             env={**env, "COLUMNS": "200"},
         )
-
-
-async def text_push(client: RawClient, needle: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The next push whose content mentions ``needle`` (others skipped)."""
-    with trio.fail_after(timeout):
-        while True:
-            frame = await client.pushes.receive()
-            if needle in repr(frame):
-                return frame
 
 
 async def test_once_prints_the_live_actors(tmp_path: Path) -> None:

@@ -241,14 +241,7 @@ class SqlStore:
         probe = self._probe
         if probe is None or probe.done.is_set():
             probe = _Pending(ops.single(_probe_write))
-            try:
-                self._send.send_nowait(probe)
-            except trio.WouldBlock:
-                raise StorageUnavailable(
-                    f"overloaded: {self._max_pending} writes already queued"
-                ) from None
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise StorageUnavailable("store is closed") from None
+            self._enqueue(probe)
             self._probe = probe
         await probe.done.wait()
         if probe.error is not None:
@@ -270,8 +263,8 @@ class SqlStore:
 
     # -- write lane -------------------------------------------------------
 
-    async def _write(self, op: ops.WriteOp) -> Any:
-        pending = _Pending(op)
+    def _enqueue(self, pending: _Pending) -> None:
+        """Queue a write for the committer, or raise StorageUnavailable (full or closed)."""
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
@@ -280,6 +273,10 @@ class SqlStore:
             ) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageUnavailable("store is closed") from None
+
+    async def _write(self, op: ops.WriteOp) -> Any:
+        pending = _Pending(op)
+        self._enqueue(pending)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error

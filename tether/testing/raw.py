@@ -188,3 +188,12 @@ async def msgs_through(client: RawClient, room: str, last: int, timeout: float =
             if frame["t"] == "msg" and frame["room"] == room:
                 seqs.append(frame["seq"])
     return seqs
+
+
+async def text_push(client: RawClient, needle: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The next push whose content mentions ``needle`` (pushes before it are skipped)."""
+    with trio.fail_after(timeout):
+        while True:
+            frame = await client.pushes.receive()
+            if needle in repr(frame):
+                return frame
