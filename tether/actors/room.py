@@ -633,9 +633,16 @@ class RoomActor(PipeToSelf):
                 body = event.body if stored is None else stored
                 self._store_send(request, event, body, modified=stored is not None)
                 continue
-            if plugins is not None:
-                self._ask_plugins(user, queue, request, plugins)
-                return
+            if plugins is None:  # no host to ask (defensive): store as sent
+                queue.popleft()
+                self._intercepting -= 1
+                if isinstance(event, MsgSend):
+                    self._store_send(request, event, event.body, modified=False)
+                else:
+                    self._store_edit(request, event, event.body, modified=False)
+                continue
+            self._ask_plugins(user, queue, request, plugins)
+            return
         del self._held[user]
 
     def _ask_plugins(
