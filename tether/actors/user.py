@@ -81,6 +81,9 @@ class UserActor(Actor):
         self._grace_epoch = 0
         self._retiring = False
         self._known_name: str | None = None
+        # The grace period started at boot for a user presumed online (its
+        # last_seen, the restart, is not in storage yet); None otherwise.
+        self._presumed_epoch: int | None = None
 
     # -- pykka hooks ----------------------------------------------------------
     async def on_start(self) -> None:  # type: ignore[override]  # async hooks are ours
@@ -92,6 +95,7 @@ class UserActor(Actor):
             remaining = max(0.0, self.ctx.config.offline_grace - elapsed)
             self.state.presume_online(devices, self.ctx.started_at_ms)
             self._grace_epoch += 1
+            self._presumed_epoch = self._grace_epoch
             self._grace = self.call_later(remaining, GraceExpired(self._grace_epoch))
             return
         pending = self.ctx.presence_writer.pending_last_seen(self.user_id)
@@ -197,7 +201,9 @@ class UserActor(Actor):
         snapshot = self.state.grace_expired(_now_ms())
         if snapshot is not None and not self.connections:
             self.ctx.presence_writer.note_online(self.user_id, 0)
-            if self.state.last_seen_ms is not None:
+            # A normal grace's last_seen was written when the last connection
+            # went (_on_detach); only the boot-time grace has one to write.
+            if msg.epoch == self._presumed_epoch and self.state.last_seen_ms is not None:
                 self.ctx.presence_writer.note_last_seen(self.user_id, self.state.last_seen_ms)
         self._announce(snapshot)
         self._maybe_retire()
