@@ -211,3 +211,25 @@ def test_core_defines_what_the_api_promises() -> None:
         "Registry",
     }
     assert promised <= set(actors.__all__)
+
+
+#: The only modules allowed to import an asyncio-based media stack (ARCHITECTURE.md:
+#: "Nothing outside tether/media/ imports asyncio or aiortc"). The trio side of the
+#: media package (pool, wire) is held to the same rule as everything else.
+ASYNCIO_MODULES = ("tether.media.worker", "tether.media.peer", "tether.media.synthetic")
+ASYNCIO_PACKAGES = ("tether.media.worker", "tether.media.testing")
+ASYNCIO_STACK = frozenset({"asyncio", "aiortc", "aioice", "av", "pylibsrtp", "uvloop"})
+
+
+def test_asyncio_and_aiortc_stay_in_the_media_package() -> None:
+    problems: list[str] = []
+    for path in _modules(ROOT / "tether"):
+        module = _module_name(path)
+        if module in ASYNCIO_MODULES or any(
+            module == p or module.startswith(p + ".") for p in ASYNCIO_PACKAGES
+        ):
+            continue
+        for line, target in _imports(path):
+            if target.split(".")[0] in ASYNCIO_STACK:
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert problems == []
