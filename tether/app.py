@@ -5,7 +5,8 @@ nursery tree, so shutdown is structured and nothing is orphaned)::
 
     store (SQLAlchemy in worker threads, group commit)
      └─ actor system (users, connections)
-         └─ server nursery: listener (HTTP + WebSocket), presence writer
+         └─ server nursery: listener (HTTP + WebSocket), presence writer,
+                            media pool (worker processes for calls, if any)
 
 Graceful shutdown (:meth:`Server.request_shutdown`, SIGINT/SIGTERM in the CLI):
 stop accepting, close every client with 3000 (reconnect), wait for them up to
@@ -19,6 +20,7 @@ import gc
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from tether.actors.context import PresenceWriter, ServerContext
 from tether.actors.messages import CloseConnection, PeerClosed, Received
 from tether.config import ServerConfig
 from tether.console.api import AdminApi
+from tether.media.pool import MediaPool, default_worker_count
 from tether.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tether.metrics import render_metrics
 from tether.plugins.host import PluginHost, load_plugins
@@ -42,6 +45,7 @@ from tether.transport.protocol.connection import Limits
 from tether.transport.protocol.versions import SUBPROTOCOLS
 from tether.transport.server import Listener, TransportLimits, serve
 from tether.transport.websocket import WebSocketConnection
+from tether.web import static_response
 
 log = logging.getLogger("tether.server")
 
@@ -70,10 +74,19 @@ class Server:
 
     Args:
         config: the settings (see ``tether.config``).
+        media_pool_factory: builds the media pool from the config and the
+            resolved worker count (default: real workers,
+            :meth:`MediaPool.from_config`); tests pass fake workers here.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        media_pool_factory: Callable[[ServerConfig, int], MediaPool] | None = None,
+    ) -> None:
         self.config = config
+        self._media_pool_factory = media_pool_factory or MediaPool.from_config
         # Before anything starts: a missing or incompatible plugin refuses
         # the start here (PluginError, a ConfigError), with its reason.
         self.plugins = load_plugins(config)
@@ -142,6 +155,13 @@ class Server:
                         nursery.start_soon(writer.run)
                         nursery.start_soon(_expire_sessions, ctx)
                         nursery.start_soon(_expire_presumed_online, ctx)
+                        workers = default_worker_count(config.media_workers)
+                        if workers:
+                            pool = self._media_pool_factory(config, workers)
+                            # Workers start in the background: calls wait
+                            # for a live one (chat does not wait at all).
+                            await nursery.start(pool.run)
+                            ctx.media = pool
                         listener: Listener = await nursery.start(self._serve, ssl_context)
                         self.listener = listener
                         scheme = "wss" if ssl_context else "ws"
@@ -268,6 +288,9 @@ class Server:
                 render_metrics(self.ctx, self.listener).encode(),
                 content_type=METRICS_CONTENT_TYPE,
             )
+        static = static_response(request.path) if request.method in ("GET", "HEAD") else None
+        if static is not None:
+            return static
         if request.path == "/":
             return HttpResponse.text(
                 200,
@@ -293,6 +316,13 @@ class Server:
         problem = await _storage_problem(ctx.store)
         if problem is not None:
             return HttpResponse.text(503, f"not ready: storage unavailable: {problem}\n")
+        if ctx.media is not None:
+            # Calls are one feature among others: a down worker is reported,
+            # not a reason to take the node out of its load balancer.
+            media = ctx.media
+            return HttpResponse.text(
+                200, f"ready\nmedia workers: {media.live_workers}/{media.size} live\n"
+            )
         return HttpResponse.text(200, "ready\n")
 
 

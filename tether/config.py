@@ -135,6 +135,26 @@ class ServerConfig:
     #: "closed" (refuse it with error 108, temporary).
     plugin_fail_policy: str = "open"
 
+    #: Media worker processes for calls: -1 means one per spare core
+    #: (``max(1, cpu_count - 1)``), 0 disables calls (``call.join`` gets 132).
+    media_workers: int = -1
+    #: UDP port of worker 0; worker i binds this plus i (0: ephemeral ports).
+    media_udp_port: int = 40000
+    #: Address the workers' UDP sockets bind to.
+    media_bind_address: str = "0.0.0.0"
+    #: Addresses announced to clients as ICE host candidates (empty: this
+    #: host's IPv4 addresses, 127.0.0.1 included).
+    media_announced_addresses: tuple[str, ...] = ()
+    #: STUN servers (``stun:host:port``) given to clients and workers (default: none).
+    media_stun_servers: tuple[str, ...] = ()
+    #: Bandwidth cap (REMB) sent to each publisher, bits per second.
+    media_max_publish_bitrate: int = 3_000_000
+    #: Participants one call may have (one more: error 133).
+    call_max_participants: int = 16
+    #: A participant whose connection dropped stays in the call this long,
+    #: waiting for a ``call.join`` from the same session (seconds).
+    call_rejoin_grace: float = 15.0
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected 0..65535, got {self.port}")
@@ -190,6 +210,33 @@ class ServerConfig:
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
         self._check_plugin_settings()
+        self._check_media()
+
+    def _check_media(self) -> None:
+        if self.media_workers < -1:
+            raise ConfigError(f"media_workers: expected -1, 0 or more, got {self.media_workers}")
+        if not 0 <= self.media_udp_port <= 65535:
+            raise ConfigError(f"media_udp_port: expected 0..65535, got {self.media_udp_port}")
+        if self.media_udp_port and self.media_udp_port + max(self.media_workers, 1) - 1 > 65535:
+            raise ConfigError("media_udp_port: the workers' ports would pass 65535")
+        if not self.media_bind_address:
+            raise ConfigError("media_bind_address must not be empty")
+        for name in ("media_announced_addresses", "media_stun_servers"):
+            value: object = getattr(self, name)
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, str) and v for v in value
+            ):
+                raise ConfigError(f"{name}: expected a list of non-empty str, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for server in self.media_stun_servers:
+            if not server.startswith(("stun:", "stuns:")):
+                raise ConfigError(f"media_stun_servers: expected stun:host[:port], got {server!r}")
+        if self.media_max_publish_bitrate < 10_000:
+            raise ConfigError("media_max_publish_bitrate must be at least 10000 bits/s")
+        if self.call_max_participants < 2:
+            raise ConfigError("call_max_participants must be at least 2")
+        if not self.call_rejoin_grace >= 0:
+            raise ConfigError("call_rejoin_grace must be >= 0")
 
     def _check_plugin_settings(self) -> None:
         plugins: object = self.plugins

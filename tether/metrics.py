@@ -432,7 +432,56 @@ def render_metrics(ctx: ServerContext, listener: Listener | None = None) -> str:
         writer.failures,
     )
     _storage(out, ctx.store)
+    _media(out, ctx)
     return out.render()
+
+
+#: ``worker.stats`` counter → (metric name, help); see ``MediaPool.counters``.
+_MEDIA_COUNTERS = (
+    ("cpu_s", "tether_media_cpu_seconds_total", "CPU seconds used by the media workers."),
+    ("rx_packets", "tether_media_received_packets_total", "RTP/RTCP packets received."),
+    ("tx_packets", "tether_media_sent_packets_total", "RTP/RTCP packets sent (forwarded)."),
+    ("rx_bytes", "tether_media_received_bytes_total", "Media bytes received."),
+    ("tx_bytes", "tether_media_sent_bytes_total", "Media bytes sent."),
+    ("rtx_sent", "tether_media_retransmitted_packets_total", "Packets resent (RTX) on NACK."),
+    ("nacks_received", "tether_media_nacks_received_total", "NACKs received from subscribers."),
+    ("plis_sent", "tether_media_keyframe_requests_total", "Keyframe requests sent to publishers."),
+    ("hook_errors", "tether_media_packet_errors_total", "Packets whose handling raised."),
+    ("dropped_packets", "tether_media_dropped_packets_total", "Packets dropped by the workers."),
+)
+
+
+def _media(out: Exposition, ctx: ServerContext) -> None:
+    """Calls and media workers (the worker figures are polled every few seconds)."""
+    counters = ctx.counters
+    out.gauge("tether_calls_active", "Rooms with a call going on.", len(ctx.calls))
+    out.gauge("tether_call_participants", "Participants in calls now.", counters.call_participants)
+    out.counter(
+        "tether_call_joins_total", "Call participants joined since start.", counters.call_joins
+    )
+    out.counter(
+        "tether_call_restarts_total",
+        "Calls moved to a fresh router because their media worker was lost.",
+        counters.call_restarts,
+    )
+    pool = ctx.media
+    health = [] if pool is None else pool.health()
+    out.gauge("tether_media_workers", "Media worker processes configured.", len(health))
+    out.gauge(
+        "tether_media_workers_live",
+        "Media workers up and answering.",
+        sum(1 for w in health if w["live"]),
+    )
+    out.counter(
+        "tether_media_worker_restarts_total",
+        "Media worker processes restarted after they exited or broke.",
+        sum(int(w["restarts"]) for w in health),
+    )
+    if pool is None:
+        return
+    totals = pool.counters()
+    for key, name, help_text in _MEDIA_COUNTERS:
+        out.counter(name, help_text, totals[key])
 
 
 def _actors(out: Exposition, ctx: ServerContext, kinds: Mapping[str, int]) -> None:

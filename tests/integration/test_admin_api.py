@@ -504,3 +504,36 @@ async def test_storage_is_listed_with_the_actors(tmp_path: Path) -> None:
         detail = await ok_get(info.port, "/admin/api/actors/storage")
         assert detail["detail"]["ops_committed"] >= storage["handled"]
         assert detail["waiting_on"] is None
+
+
+async def test_calls_and_media_workers_in_the_console(tmp_path: Path) -> None:
+    """A call is listed with its participants and its router's figures; workers too."""
+    from tether.testing.server import fake_media_pool  # noqa: PLC0415 (only this test)
+
+    config = make_config(tmp_path, media_workers=1, media_udp_port=0)
+    with trio.fail_after(40):
+        async with (
+            running_server(config, media_pool_factory=fake_media_pool) as (server, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as [alice, bob],
+        ):
+            assert server.ctx is not None
+            assert server.ctx.media is not None
+            await server.ctx.media.wait_ready()
+            room = await make_room(alice, "bob")
+            await alice.ok("call.join", room=room)
+            await bob.ok("call.join", room=room)
+            summary = await ok_get(info.port, "/admin/api/summary")
+            assert summary["calls_active"] == 1
+            assert summary["call_participants"] == 2
+            assert summary["media_workers_live"] == 1
+            listing = await ok_get(info.port, "/admin/api/actors?kind=call")
+            [row] = by_kind(listing["actors"], "call")
+            detail = (await ok_get(info.port, f"/admin/api/actors/{row['urn']}"))["detail"]
+            assert detail["room"] == room
+            assert {p["user"] for p in detail["participants"]} == {"alice", "bob"}
+            # the router's own figures, straight from the worker
+            assert isinstance(detail["media"]["participants"], dict)
+            media = await ok_get(info.port, "/admin/api/media")
+            [worker] = media["workers"]
+            assert worker["live"] is True
+            assert worker["routers"] == 1

@@ -9,12 +9,17 @@ EXCLUSIVE``), as in tests/fault/test_storage_outage.py.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from tether.bench.wsclient import LeanConnection
+from tether.media.pool import MediaPool
+from tether.media.testing.fake_worker import fake_command
 from tether.testing import make_config, running_server
 from tether.testing.prometheus import Page, parse_exposition
 from tether.testing.raw import clients, make_room, msgs_through
@@ -57,6 +62,13 @@ FAMILIES = {
     "tether_plugin_failures_total": "counter",
     "tether_presence_writes_pending": "gauge",
     "tether_presence_write_failures_total": "counter",
+    "tether_calls_active": "gauge",
+    "tether_call_participants": "gauge",
+    "tether_call_joins_total": "counter",
+    "tether_call_restarts_total": "counter",
+    "tether_media_workers": "gauge",
+    "tether_media_workers_live": "gauge",
+    "tether_media_worker_restarts_total": "counter",
     "tether_storage_healthy": "gauge",
     "tether_storage_queued_writes": "gauge",
     "tether_storage_batches_total": "counter",
@@ -200,3 +212,55 @@ async def test_metrics_disabled_is_not_found(tmp_path: Path) -> None:
             assert status == 404
             assert (await http_get(info.port, "/healthz"))[0] == 200
             assert (await http_get(info.port, "/readyz"))[0] == 200
+
+
+MEDIA_PACKET_FAMILIES = (
+    "tether_media_cpu_seconds_total",
+    "tether_media_received_packets_total",
+    "tether_media_sent_packets_total",
+    "tether_media_retransmitted_packets_total",
+    "tether_media_keyframe_requests_total",
+)
+
+
+async def test_call_and_media_worker_metrics(tmp_path: Path) -> None:
+    """Calls and worker families follow joins, leaves and a worker crash (fake workers)."""
+
+    def pool(_config: Any, workers: int) -> MediaPool:
+        return MediaPool(workers, command=fake_command, backoff=(0.05, 0.5), stats_interval=0.05)
+
+    config = make_config(tmp_path, media_workers=1, media_udp_port=0)
+    with trio.fail_after(40):
+        async with (
+            running_server(config, media_pool_factory=pool) as (server, info),
+            clients(info.port, ("alice", "a"), ("bob", "b")) as [alice, bob],
+        ):
+            assert server.ctx is not None
+            assert server.ctx.media is not None
+            await server.ctx.media.wait_ready()
+            room = await make_room(alice, "bob")
+            await alice.ok("call.join", room=room)
+            await bob.ok("call.join", room=room)
+            page, _ = await scrape(info.port)
+            assert page.value("tether_calls_active") == 1
+            assert page.value("tether_call_participants") == 2
+            assert page.value("tether_call_joins_total") == 2
+            assert page.value("tether_media_workers") == 1
+            assert page.value("tether_media_workers_live") == 1
+            for name in MEDIA_PACKET_FAMILIES:
+                assert page.families[name].kind == "counter"
+
+            await bob.ok("call.leave", room=room)
+            page, _ = await scrape(info.port)
+            assert page.value("tether_call_participants") == 1
+
+            pid = server.ctx.media.pid(0)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await alice.push("call.restart", room=room)
+            page, _ = await scrape(info.port)
+            assert page.value("tether_media_worker_restarts_total") == 1
+            assert page.value("tether_call_restarts_total") == 1
+            await alice.ok("call.leave", room=room)
+            page, _ = await scrape(info.port)
+            assert page.value("tether_call_participants") == 0

@@ -30,6 +30,21 @@ from tether.transport.protocol import (
     MAX_BODY_DEPTH,
     SERVER_EVENT_TYPES,
     Bye,
+    CallAnswer,
+    CallEnded,
+    CallIce,
+    CallJoin,
+    CallLeave,
+    CallMute,
+    CallOffer,
+    CallParticipant,
+    CallPeer,
+    CallPublish,
+    CallQuality,
+    CallRestart,
+    CallRestarted,
+    CallSpeaker,
+    CallTrack,
     ClientEvent,
     ConnectionState,
     DeviceStatus,
@@ -41,6 +56,7 @@ from tether.transport.protocol import (
     Hello,
     History,
     Limits,
+    MediaKind,
     MemberAction,
     MemberEvent,
     MemberInfo,
@@ -51,6 +67,8 @@ from tether.transport.protocol import (
     MsgDelete,
     MsgEdit,
     MsgSend,
+    ParticipantAction,
+    ParticipantInfo,
     Ping,
     Pong,
     Presence,
@@ -77,6 +95,8 @@ from tether.transport.protocol import (
     RoomRemove,
     RoomSummaryInfo,
     ServerConnection,
+    TrackAction,
+    TrackInfo,
     Typing,
     TypingUsers,
     Welcome,
@@ -136,6 +156,9 @@ SMALL_SEQS = st.integers(min_value=0, max_value=12)
 TIMES = st.integers(min_value=0, max_value=2**63 - 1)
 ROOM_IDS = st.text(min_size=1, max_size=64)
 USER_IDS = st.text(min_size=1, max_size=128)
+SDPS = st.text(min_size=1, max_size=200)
+PARTICIPANT_IDS = st.text(alphabet="0123456789abcdef", min_size=12, max_size=12)
+TRACK_IDS = st.text(min_size=1, max_size=96)
 
 # Plausible and implausible values for the fields of v1 client frames.
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -163,8 +186,18 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "session": st.text(min_size=1, max_size=8) | VALUES,
     "resume": st.dictionaries(st.text(min_size=1, max_size=8), SMALL_SEQS | VALUES, max_size=3)
     | VALUES,
+    # Calls.
+    "sdp": st.sampled_from(["v=0\r\n", "", "x" * 70_000]) | st.text(max_size=20) | VALUES,
+    "pc": st.sampled_from(["pub", "sub", "both"]) | VALUES,
+    "candidate": st.text(max_size=20) | st.just("c" * 1025) | VALUES,
+    "sdp_mid": st.text(max_size=4) | VALUES,
+    "sdp_mline_index": st.integers(-1, 1024) | VALUES,
+    "muted": st.booleans() | VALUES,
+    "track": st.text(min_size=1, max_size=8) | VALUES,
+    "width": st.integers(-1, 16385) | VALUES,
+    "height": st.integers(-1, 16385) | VALUES,
 }
-FRAME_TYPES = st.sampled_from([*CLIENT_EVENT_TYPES, "call.join", "", "hello "])
+FRAME_TYPES = st.sampled_from([*CLIENT_EVENT_TYPES, "poll.vote", "", "hello "])
 SCHEMA_MAPS = st.fixed_dictionaries(
     {"t": FRAME_TYPES},
     optional={**FIELD_VALUES, "extra": VALUES},
@@ -226,6 +259,29 @@ CLIENT_EVENTS: st.SearchStrategy[ClientEvent] = st.one_of(
         st.builds(Receipt, ref=st.none() | REFS, room=ROOM_IDS, delivered=SEQS, read=SEQS),
     ),
     st.builds(Typing, room=ROOM_IDS, typing=st.booleans()),
+    st.builds(CallJoin, ref=REFS, room=ROOM_IDS),
+    st.builds(CallLeave, ref=REFS, room=ROOM_IDS),
+    st.builds(CallPublish, ref=REFS, room=ROOM_IDS, sdp=SDPS),
+    st.builds(CallAnswer, ref=REFS, room=ROOM_IDS, sdp=SDPS),
+    st.builds(
+        CallIce,
+        room=ROOM_IDS,
+        pc=st.sampled_from(CallPeer),
+        candidate=st.none() | st.text(max_size=1024),
+        sdp_mid=st.none() | st.text(max_size=64),
+        sdp_mline_index=st.none() | st.integers(0, 1023),
+    ),
+    st.builds(
+        CallMute, ref=REFS, room=ROOM_IDS, kind=st.sampled_from(MediaKind), muted=st.booleans()
+    ),
+    st.builds(
+        CallQuality,
+        room=ROOM_IDS,
+        track=TRACK_IDS,
+        width=st.integers(0, 16384),
+        height=st.integers(0, 16384),
+    ),
+    st.builds(CallRestart, ref=REFS, room=ROOM_IDS),
 )
 ROOM_INFOS = st.builds(
     RoomInfo,
@@ -235,6 +291,14 @@ ROOM_INFOS = st.builds(
     owner=USER_IDS,
     last_seq=POSITIONS,
     created_at=TIMES,
+)
+CALL_TRACKS = st.builds(
+    TrackInfo,
+    id=TRACK_IDS,
+    participant=PARTICIPANT_IDS,
+    kind=st.sampled_from(MediaKind),
+    rids=st.lists(st.text(min_size=1, max_size=16), max_size=4).map(tuple),
+    muted=st.booleans(),
 )
 SERVER_FRAMES = st.one_of(
     st.builds(
@@ -314,6 +378,30 @@ SERVER_FRAMES = st.one_of(
         first=st.none() | SEQS,
         code=st.none() | st.integers(100, 999),
     ),
+    st.builds(
+        CallOffer,
+        room=ROOM_IDS,
+        sdp=SDPS,
+        mids=st.dictionaries(st.text(min_size=1, max_size=4), TRACK_IDS, max_size=4),
+    ),
+    st.builds(
+        CallParticipant,
+        room=ROOM_IDS,
+        action=st.sampled_from(ParticipantAction),
+        participant=st.builds(
+            ParticipantInfo,
+            id=PARTICIPANT_IDS,
+            user=USER_IDS,
+            device=st.text(min_size=1, max_size=64),
+            tracks=st.lists(CALL_TRACKS, max_size=3).map(tuple),
+            audio_muted=st.booleans(),
+            video_muted=st.booleans(),
+        ),
+    ),
+    st.builds(CallTrack, room=ROOM_IDS, action=st.sampled_from(TrackAction), track=CALL_TRACKS),
+    st.builds(CallSpeaker, room=ROOM_IDS, participant=st.none() | PARTICIPANT_IDS),
+    st.builds(CallRestarted, room=ROOM_IDS, reason=st.text(max_size=256)),
+    st.builds(CallEnded, room=ROOM_IDS, reason=st.text(max_size=256)),
 )
 
 # ---------------------------------------------------------------- the adapter's loop
@@ -379,6 +467,14 @@ def answer_room_request(event: ClientEvent) -> Reply | Error | None:
         result = event.reply()
     elif isinstance(event, Receipt):
         result = None if event.ref is None else event.reply()
+    elif isinstance(event, CallJoin):
+        me = ParticipantInfo(id="0123456789ab", user="u", device="d")
+        result = event.reply(participant=me.id, media="new", participants=[me], speaker=None)
+    elif isinstance(event, CallPublish):
+        track = TrackInfo(id="0123456789ab.0", participant="0123456789ab", kind=MediaKind.AUDIO)
+        result = event.reply(sdp="v=0\r\n", tracks=[track])
+    elif isinstance(event, CallLeave | CallAnswer | CallMute | CallRestart):
+        result = event.reply()
     else:
         # Typing, and frames answered elsewhere. A request forgotten here stays
         # in flight, which drive() detects.

@@ -11,6 +11,10 @@ Lifecycle: hello (token check) → the UserActor counts the connection in →
 this actor closes it (heartbeat timeout, protocol error, flood, slow consumer,
 kick, shutdown). Whatever the cause, ``on_stop`` detaches it from its user and
 from every presence subscription, so nothing leaks.
+
+Room requests go to the room's RoomActor, call frames (``call.*``) to the
+room's CallActor (``tether.actors.call``); when the connection stops, the
+calls it joined are told, so that their participants' rejoin grace starts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import trio
 
 from tether.actors import ActorDeadError, MailboxFull, StopReason
+from tether.actors.call import CallConnectionGone, CallRequest
 from tether.actors.context import ServerContext
 from tether.actors.io import IoDone, PipeToSelf
 from tether.actors.messages import (
@@ -61,6 +66,14 @@ from tether.transport.protocol.connection import ServerConnection
 from tether.transport.protocol.errors import RemoteProtocolError
 from tether.transport.protocol.events import (
     Bye,
+    CallAnswer,
+    CallIce,
+    CallJoin,
+    CallLeave,
+    CallMute,
+    CallPublish,
+    CallQuality,
+    CallRestart,
     Disconnect,
     DmOpen,
     Hello,
@@ -98,6 +111,8 @@ RESUME_WINDOW = 4
 #: Rooms that have not answered a resume within this many seconds are given
 #: up (``recovered`` with code 108: page history instead).
 RESUME_DEADLINE_S = 30.0
+#: Distinct rooms whose calls one connection may have joined.
+MAX_CALLS_PER_CONNECTION = 64
 
 _STOP_REASONS: dict[int, StopReason] = {
     DisconnectCode.HEARTBEAT_TIMEOUT: StopReason.HEARTBEAT_TIMEOUT,
@@ -152,6 +167,8 @@ class ConnectionActor(PipeToSelf):
         self._ping_n = 0
         self._deliberate = False
         self._typing_rooms: set[str] = set()
+        #: Rooms whose call this connection joined (told when it stops: grace).
+        self._call_rooms: set[str] = set()
         self._online = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Received: self._on_received,
@@ -191,6 +208,10 @@ class ConnectionActor(PipeToSelf):
                 ref = self.ctx.rooms.get(room_id)
                 if ref is not None:
                     self._tell(ref, ConnectionGone(self.identity.user_id))
+        for room_id in self._call_rooms:
+            ref = self.ctx.calls.get(room_id)
+            if ref is not None:
+                self._tell(ref, CallConnectionGone(self.conn_id))
         if self._user_ref is not None:
             self._tell(self._user_ref, Detach(self.conn_id, deliberate=self._deliberate))
         if self.session is not None:
@@ -302,6 +323,8 @@ class ConnectionActor(PipeToSelf):
             self._on_presence_set(event)
         elif isinstance(event, _ROOM_REQUESTS):
             self._to_room(event)
+        elif isinstance(event, _CALL_FRAMES):
+            self._to_call(event)
         elif isinstance(event, RoomCreate):
             self._on_room_create(event)
         elif isinstance(event, RoomList):
@@ -657,6 +680,39 @@ class ConnectionActor(PipeToSelf):
             if getattr(event, "ref", None) is not None:
                 self._send(event.error(ErrorCode.RATE_LIMITED, "room busy, retry"))
 
+    def _to_call(self, event: Any) -> None:
+        """Hand a call frame to the room's CallActor (started by ``call.join`` only)."""
+        assert self.identity is not None
+        assert self.session is not None
+        has_ref = getattr(event, "ref", None) is not None
+        if self.ctx.media is None:
+            if has_ref:
+                self._send(event.error(ErrorCode.MEDIA_UNAVAILABLE, "calls are disabled here"))
+            return
+        if isinstance(event, CallJoin):
+            if (
+                event.room not in self._call_rooms
+                and len(self._call_rooms) >= MAX_CALLS_PER_CONNECTION
+            ):
+                self._send(event.error(ErrorCode.LIMIT_EXCEEDED, "in too many calls"))
+                return
+            self._call_rooms.add(event.room)
+            ref: Any = self.ctx.calls.get_or_spawn(event.room)
+        else:
+            ref = self.ctx.calls.get(event.room)
+            if ref is None:
+                if has_ref:
+                    self._send(event.error(ErrorCode.NOT_IN_CALL, "not in this call"))
+                return
+        request = CallRequest(
+            self.ref, self.conn_id, self.identity.user_id, self.device, self.session.id, event
+        )
+        try:
+            ref.tell(request)
+        except (MailboxFull, ActorDeadError):
+            if has_ref:
+                self._send(event.error(ErrorCode.RATE_LIMITED, "call busy, retry"))
+
     def _on_room_create(self, event: RoomCreate) -> None:
         assert self.identity is not None
         me = self.identity.user_id
@@ -836,6 +892,18 @@ _ROOM_REQUESTS = (
     History,
     Receipt,
     Typing,
+)
+
+
+_CALL_FRAMES = (
+    CallJoin,
+    CallLeave,
+    CallPublish,
+    CallAnswer,
+    CallIce,
+    CallMute,
+    CallQuality,
+    CallRestart,
 )
 
 

@@ -20,6 +20,7 @@ from tether.transport.protocol.connection import Limits
 if TYPE_CHECKING:
     from tether.actors import ActorRef, ActorSystem
     from tether.actors.outbox import Outbox
+    from tether.media.pool import MediaPool
     from tether.plugins.host import PluginHost
     from tether.storage.interfaces import Store
 
@@ -60,6 +61,11 @@ class Counters:
     replayed_messages: int = 0
     #: Plugin crashes (each plugin is restarted with backoff; never fatal).
     plugin_failures: int = 0
+    #: Call participants now (a gauge kept by the CallActors), participants
+    #: who joined since start, and calls moved to a fresh router (worker lost).
+    call_participants: int = 0
+    call_joins: int = 0
+    call_restarts: int = 0
     #: Seconds from a message's commit result reaching its RoomActor to its
     #: push into the members' outboxes (``tether_fanout_latency_seconds``).
     fanout_seconds: Histogram = field(default_factory=lambda: Histogram(FANOUT_SECONDS_BUCKETS))
@@ -377,6 +383,10 @@ class ServerContext:
     rooms: ActorDirectory = field(
         default_factory=lambda: ActorDirectory("tether.actors.room:RoomActor")
     )
+    #: Room id → its CallActor, for rooms with an active call.
+    calls: ActorDirectory = field(
+        default_factory=lambda: ActorDirectory("tether.actors.call:CallActor")
+    )
     online: OnlineIndex = field(default_factory=OnlineIndex)
     counters: Counters = field(default_factory=Counters)
     #: Users known to exist in storage (upserted by this process).
@@ -391,6 +401,9 @@ class ServerContext:
     #: The plugin host (``tether.plugins.host``), None when no plugin is loaded:
     #: actors check it before building any plugin event.
     plugins: PluginHost | None = None
+    #: The media workers (``tether.media.pool``), None when calls are disabled
+    #: (``media_workers = 0``): call requests then get error 132.
+    media: MediaPool | None = None
     #: When this process started serving (trio clock, and Unix ms).
     started_at: float = 0.0
     started_at_ms: int = 0
@@ -399,6 +412,7 @@ class ServerContext:
     def __post_init__(self) -> None:
         self.users.bind(self)
         self.rooms.bind(self)
+        self.calls.bind(self)
         self.sessions = SessionRegistry(self.config.session_ttl)
 
     def next_conn_id(self) -> int:

@@ -1113,6 +1113,7 @@ class RoomActor(PipeToSelf):
                 self.receipts.remove_member(user)
                 if self.typists.stop(user):
                     self._push_typing()
+                self._leave_call(user, action)
                 # Remaining members, and the departed user's other devices.
                 self._push(
                     MemberEvent(room=self.room_id, user=user, action=action),
@@ -1125,6 +1126,15 @@ class RoomActor(PipeToSelf):
             self._respond(request, request.event.reply())
 
         self._io(lambda: store.remove_member(self.room_id, user), done)
+
+    def _leave_call(self, user: str, action: MemberAction) -> None:
+        """A member went: the room's call (if any) drops their participants."""
+        call = self.ctx.calls.get(self.room_id)
+        if call is not None:
+            from tether.actors.call import CallMemberGone  # noqa: PLC0415 - call imports room
+
+            reason = "left the room" if action is MemberAction.LEFT else "removed from the room"
+            self._tell(call, CallMemberGone(user, reason))
 
     # -- idling ---------------------------------------------------------------------
     def _on_idle_check(self) -> None:

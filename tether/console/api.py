@@ -49,6 +49,7 @@ from tether.actors import (
     waiting_on,
 )
 from tether.actors.messages import CloseConnection
+from tether.media.pool import MediaError, MediaUnavailable
 from tether.plugins._messages import PluginPost
 from tether.plugins.api import Posted, PostError
 from tether.storage import StorageUnavailable
@@ -275,6 +276,8 @@ class AdminApi:
                 return self._tree(ctx)
             case ["audit"]:
                 return {"entries": list(self.audit)}
+            case ["media"]:
+                return self._media(ctx)
             case ["actors", urn]:
                 return await self._detail(ctx, urn)
             case ["actors", urn, "trace"]:
@@ -298,8 +301,16 @@ class AdminApi:
             "connections": kinds.get("connection", 0),
             "users_online": len(ctx.online),
             "rooms_active": len(ctx.rooms),
+            "calls_active": len(ctx.calls),
+            "call_participants": ctx.counters.call_participants,
+            "media_workers_live": 0 if ctx.media is None else ctx.media.live_workers,
             "draining": server.draining,
         }
+
+    def _media(self, ctx: ServerContext) -> dict[str, Any]:
+        """``GET /admin/media``: each media worker (pid, port, routers, restarts, last stats)."""
+        pool = ctx.media
+        return {"workers": [] if pool is None else pool.health()}
 
     def _sample_rates(self, refs: list[ActorRef[Any]]) -> None:
         """Recompute every actor's rate if the last sample is at least a window old."""
@@ -470,9 +481,12 @@ class AdminApi:
         self._sample_rates(list(ctx.system.registry))
         row = self._row(ref)
         busy = waiting_on(ref)
+        detail = await self._inspect(ref)
+        if ref.kind == "call":
+            detail["media"] = await self._router_stats(ctx, detail.get("router"))
         return {
             "actor": row,
-            "detail": await self._inspect(ref),
+            "detail": detail,
             "waiting_on": None
             if busy is None
             else {
@@ -481,6 +495,19 @@ class AdminApi:
                 "awaiting": busy.awaiting,
             },
         }
+
+    @staticmethod
+    async def _router_stats(ctx: ServerContext, router: Any) -> dict[str, Any]:
+        """A call's live media figures from its worker (tracks, layers, bitrates)."""
+        pool = ctx.media
+        if pool is None or not isinstance(router, str):
+            return {"error": "no router"}
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                stats = await pool.call(router, "router.stats", {})
+        except (MediaError, MediaUnavailable, trio.TooSlowError) as exc:
+            return {"error": f"router stats unavailable: {exc!r}"[:300]}
+        return dict(stats) if isinstance(stats, dict) else {"value": repr(stats)[:300]}
 
     @staticmethod
     async def _inspect(ref: ActorRef[Any]) -> dict[str, Any]:

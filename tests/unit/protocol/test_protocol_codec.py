@@ -205,13 +205,13 @@ def recoverable(payload: bytes) -> Error:
 
 
 def test_unknown_type_is_recoverable_and_keeps_the_ref() -> None:
-    assert recoverable(pack({"t": "call.join", "ref": 12})) == Error(
+    assert recoverable(pack({"t": "poll.vote", "ref": 12})) == Error(
         ref=12,
         code=ErrorCode.UNKNOWN_TYPE,
-        reason="Unknown frame type 'call.join'",
+        reason="Unknown frame type 'poll.vote'",
         temporary=False,
     )
-    assert recoverable(pack({"t": "call.join", "ref": "12"})).ref is None
+    assert recoverable(pack({"t": "poll.vote", "ref": "12"})).ref is None
 
 
 def test_invalid_field_is_bad_request_with_the_ref_when_valid() -> None:
@@ -266,7 +266,7 @@ def test_server_frames_round_trip(frame: Any) -> None:
 
 
 def test_client_ignores_unknown_server_frame_types() -> None:
-    assert decode_server_frame(pack({"t": "call.offer", "x": 1})) is None
+    assert decode_server_frame(pack({"t": "poll.offer", "x": 1})) is None
 
 
 def test_invalid_server_frame_is_fatal_for_the_client() -> None:

@@ -50,6 +50,10 @@ SPEC_ERRORS = {
     125: ("ROOM_FULL", False),
     126: ("NOT_PUBLIC", False),
     127: ("REJECTED", False),
+    130: ("NOT_IN_CALL", False),
+    131: ("BAD_SDP", False),
+    132: ("MEDIA_UNAVAILABLE", True),
+    133: ("CALL_FULL", False),
 }
 
 
@@ -118,8 +122,8 @@ def test_error_codes_match_the_spec(value: int, spec: tuple[str, bool]) -> None:
 
 
 def test_error_codes_stay_in_their_ranges() -> None:
-    # 100-119 core, 120-199 rooms and messages; 200-399 is reserved for calls and
-    # future core use; 400+ for plugins.
+    # 100-119 core, 120-199 rooms, messages and calls (130-139); 200-399 is
+    # reserved for future core use; 400+ for plugins.
     assert all(100 <= code <= 199 for code in ErrorCode)
     assert set(ErrorCode) == set(SPEC_ERRORS)
 

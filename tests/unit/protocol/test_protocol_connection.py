@@ -143,7 +143,7 @@ def test_ping_and_pong_are_accepted_before_and_after_welcome(state: ConnectionSt
         PresenceUnsubscribe(ref=2, users=("bob",)).to_wire(),
         PresenceSet(status="idle").to_wire(),  # type: ignore[arg-type]
         Bye().to_wire(),
-        {"t": "call.join", "ref": 3},
+        {"t": "poll.vote", "ref": 3},
         {"t": "presence.subscribe"},  # state is checked before fields
     ],
     ids=lambda f: f["t"],
@@ -254,11 +254,11 @@ def test_unknown_type_when_open_is_refused_with_its_ref() -> None:
     conn = make_connection(S.OPEN)
     assert_refused(
         conn,
-        pack({"t": "call.join", "ref": 77, "room": "r"}),
+        pack({"t": "poll.vote", "ref": 77, "room": "r"}),
         Error(
             ref=77,
             code=ErrorCode.UNKNOWN_TYPE,
-            reason="Unknown frame type 'call.join'",
+            reason="Unknown frame type 'poll.vote'",
             temporary=False,
         ),
     )

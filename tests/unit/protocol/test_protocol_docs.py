@@ -66,7 +66,7 @@ EXAMPLES: dict[str, Frame] = {
         body={"text": "Train at 9?"},
         ts=1_767_258_060_000,
     ),
-    "error": Error(ref=3, code=101, reason="Unknown frame type 'call.join'", temporary=False),
+    "error": Error(ref=3, code=101, reason="Unknown frame type 'poll.vote'", temporary=False),
 }
 
 _EXAMPLE = re.compile(r"<!-- example: (?P<name>[\w.]+) -->\n```text\n(?P<body>.*?)\n```", re.S)

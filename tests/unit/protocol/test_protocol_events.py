@@ -76,6 +76,14 @@ def test_registries_hold_exactly_the_v1_frame_types() -> None:
         "history",
         "receipt",
         "typing",
+        "call.join",
+        "call.leave",
+        "call.publish",
+        "call.answer",
+        "call.ice",
+        "call.mute",
+        "call.quality",
+        "call.restart",
     }
     assert set(SERVER_EVENT_TYPES) == {
         "welcome",
@@ -93,6 +101,12 @@ def test_registries_hold_exactly_the_v1_frame_types() -> None:
         "member",
         "room",
         "recovered",
+        "call.offer",
+        "call.participant",
+        "call.track",
+        "call.speaker",
+        "call.restart",
+        "call.ended",
     }
     assert CLIENT_EVENT_TYPES["ping"] is SERVER_EVENT_TYPES["ping"] is Ping
 

@@ -17,8 +17,8 @@ Two spaces, both documented for client authors in ``docs/protocol.md``:
 
       0-99       reserved
       100-119    core protocol errors (ErrorCode)
-      120-199    rooms and messages (ErrorCode, from 120 up)
-      200-299    reserved for calls
+      120-199    rooms and messages (ErrorCode, from 120 up; calls use 130-139)
+      200-299    reserved
       300-399    reserved for future core use
       400-65535  plugins (each plugin documents its own)
 
@@ -166,13 +166,33 @@ class ErrorCode(IntEnum):
     #: reason says why. Sending it again unchanged is refused again.
     REJECTED = 127
 
+    # Calls (130-139).
+
+    #: A call frame about a call the connection's session is not in.
+    NOT_IN_CALL = 130
+    #: The SDP (offer or answer) was rejected by the media server: malformed,
+    #: or without a codec it forwards (Opus; VP8 or H264).
+    BAD_SDP = 131
+    #: No media worker can serve the call now (calls disabled, or a worker
+    #: restarting); retry later.
+    MEDIA_UNAVAILABLE = 132
+    #: The call has its maximum number of participants (``call_max_participants``).
+    CALL_FULL = 133
+
     @property
     def temporary(self) -> bool:
         """Whether the same request may succeed if retried later."""
         return self in _TEMPORARY
 
 
-_TEMPORARY = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE})
+_TEMPORARY = frozenset(
+    {
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.INTERNAL,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.MEDIA_UNAVAILABLE,
+    }
+)
 
 
 def reconnect_after(code: int) -> bool:

@@ -55,6 +55,7 @@ __all__ = [
     "CLIENT_EVENT_TYPES",
     "DEFAULT_HISTORY_LIMIT",
     "MAX_BODY_DEPTH",
+    "MAX_CANDIDATE_CHARS",
     "MAX_CID_CHARS",
     "MAX_CREATE_MEMBERS",
     "MAX_HISTORY_LIMIT",
@@ -62,10 +63,27 @@ __all__ = [
     "MAX_REF",
     "MAX_RESUME_ROOMS",
     "MAX_ROOM_ID_CHARS",
+    "MAX_SDP_BYTES",
     "MAX_SEQ",
     "MAX_TYPING_USERS",
     "SERVER_EVENT_TYPES",
     "Bye",
+    "CallAnswer",
+    "CallEnded",
+    "CallIce",
+    "CallJoin",
+    "CallLeave",
+    "CallMedia",
+    "CallMute",
+    "CallOffer",
+    "CallParticipant",
+    "CallPeer",
+    "CallPublish",
+    "CallQuality",
+    "CallRestart",
+    "CallRestarted",
+    "CallSpeaker",
+    "CallTrack",
     "ClientEvent",
     "DeviceStatus",
     "Disconnect",
@@ -75,6 +93,7 @@ __all__ = [
     "Frame",
     "Hello",
     "History",
+    "MediaKind",
     "MemberAction",
     "MemberEvent",
     "MemberInfo",
@@ -85,6 +104,8 @@ __all__ = [
     "MsgDelete",
     "MsgEdit",
     "MsgSend",
+    "ParticipantAction",
+    "ParticipantInfo",
     "Ping",
     "Pong",
     "Presence",
@@ -113,6 +134,8 @@ __all__ = [
     "ServerFrame",
     "Shape",
     "SupportsToWire",
+    "TrackAction",
+    "TrackInfo",
     "Typing",
     "TypingUsers",
     "Welcome",
@@ -803,6 +826,199 @@ class ReceiptInfo(Shape):
         _user_id(ReceiptInfo, self.user)
         _position(ReceiptInfo, "delivered", self.delivered)
         _position(ReceiptInfo, "read", self.read)
+
+
+# Calls: shapes.
+
+#: An SDP (offer or answer) is at most 64 KiB of UTF-8.
+MAX_SDP_BYTES = 64 * 1024
+#: An ICE candidate line is at most 1024 characters (``sdp_mid`` at most 64).
+MAX_CANDIDATE_CHARS = 1024
+MAX_SDP_MID_CHARS = 64
+#: Track ids (``<participant>.<mid>``) are 1..96 characters.
+MAX_TRACK_ID_CHARS = 96
+#: A track has at most 4 simulcast rids, each 1..16 characters.
+MAX_RIDS = 4
+MAX_RID_CHARS = 16
+#: A participant publishes at most 16 tracks.
+MAX_PARTICIPANT_TRACKS = 16
+#: A call's participant list holds at most 1000 entries (call_max_participants is smaller).
+MAX_CALL_PARTICIPANTS = 1000
+#: ``call.join`` reply: at most 16 ICE servers of 1..8 URLs (each 1..512 characters).
+MAX_ICE_SERVERS = 16
+MAX_ICE_URLS = 8
+MAX_ICE_URL_CHARS = 512
+#: A video size hint (``call.quality``) is 0..16384 pixels per side.
+MAX_VIDEO_SIDE = 16384
+#: A close reason of a call (``call.ended``, ``call.restart``) is at most 256 characters.
+MAX_CALL_REASON_CHARS = 256
+
+
+class MediaKind(StrEnum):
+    """What a track carries."""
+
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+class CallPeer(StrEnum):
+    """Which of a participant's two PeerConnections a frame is about."""
+
+    #: The publisher PeerConnection (the client offers).
+    PUB = "pub"
+    #: The subscriber PeerConnection (the server offers).
+    SUB = "sub"
+
+
+class CallMedia(StrEnum):
+    """``call.join`` reply: what the client must do with its media."""
+
+    #: Publish afresh (the server sends a new ``call.offer`` for what it receives).
+    NEW = "new"
+    #: The media transports of this session are still up: nothing to do.
+    KEPT = "kept"
+
+
+class ParticipantAction(StrEnum):
+    """What happened to a call participant (``call.participant`` push)."""
+
+    JOINED = "joined"
+    LEFT = "left"
+    UPDATED = "updated"
+
+
+class TrackAction(StrEnum):
+    """What happened to a published track (``call.track`` push)."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+
+
+def _participant_id(owner: _Owner, value: object, name: str = "participant") -> str:
+    """A participant id: 12 lowercase hex characters (server-made)."""
+    if isinstance(value, str) and len(value) == 12 and all(c in "0123456789abcdef" for c in value):
+        return value
+    raise LocalProtocolError(
+        f"Expected {_where(owner, name)} to be 12 lowercase hex characters, got {_brief(value)}"
+    )
+
+
+def _track_id(owner: _Owner, value: object, name: str = "track") -> str:
+    return _str(owner, name, value, 1, MAX_TRACK_ID_CHARS)
+
+
+def _sdp(owner: _Owner, value: object, name: str = "sdp") -> str:
+    """An SDP blob: a non-empty str of at most MAX_SDP_BYTES of UTF-8 (content is the worker's)."""
+    if isinstance(value, str) and value and len(value) <= MAX_SDP_BYTES:
+        size = len(value.encode("utf-8", errors="replace"))
+        if size <= MAX_SDP_BYTES:
+            return value
+        got = f"{size} bytes"
+    elif isinstance(value, str):
+        got = "an empty str" if not value else f"{len(value)} characters"
+    else:
+        got = type(value).__name__
+    raise LocalProtocolError(
+        f"Expected {_where(owner, name)} to be a non-empty str of at most "
+        f"{MAX_SDP_BYTES} bytes, got {got}"
+    )
+
+
+def _rids(owner: _Owner, value: object) -> tuple[str, ...]:
+    if (
+        isinstance(value, list | tuple)
+        and len(value) <= MAX_RIDS
+        and all(isinstance(r, str) and 1 <= len(r) <= MAX_RID_CHARS for r in value)
+    ):
+        return tuple(value)
+    raise LocalProtocolError(
+        f"Expected {_where(owner, 'rids')} to be an array of at most {MAX_RIDS} "
+        f"str of 1..{MAX_RID_CHARS} characters, got {_brief(value)}"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrackInfo(Shape):
+    """A published track (the TRACK map).
+
+    Attributes:
+        id: ``<participant>.<mid>`` (1..96 chars).
+        participant: the publisher's participant id.
+        kind: :class:`MediaKind` (a plain str is accepted and converted).
+        rids: simulcast layer ids (empty: one layer), at most 4.
+        muted: True while its publisher has muted it (nothing is forwarded).
+    """
+
+    NAME: ClassVar[str] = "track map"
+
+    id: str
+    participant: str
+    kind: MediaKind
+    rids: tuple[str, ...] = ()
+    muted: bool = False
+
+    def __post_init__(self) -> None:
+        _track_id(TrackInfo, self.id, "id")
+        _participant_id(TrackInfo, self.participant)
+        _set(self, "kind", _enum(TrackInfo, "kind", self.kind, MediaKind))
+        _set(self, "rids", _rids(TrackInfo, self.rids))
+        _bool(TrackInfo, "muted", self.muted)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParticipantInfo(Shape):
+    """A call participant (the PARTICIPANT map).
+
+    Attributes:
+        id: the participant id (12 lowercase hex chars).
+        user: the user id.
+        device: the device id of the connection that joined.
+        tracks: its published tracks (at most 16).
+        audio_muted: whether it muted its audio.
+        video_muted: whether it muted its video.
+    """
+
+    NAME: ClassVar[str] = "participant map"
+
+    id: str
+    user: str
+    device: str
+    tracks: tuple[TrackInfo, ...] = ()
+    audio_muted: bool = False
+    video_muted: bool = False
+
+    def __post_init__(self) -> None:
+        _participant_id(ParticipantInfo, self.id, "id")
+        _user_id(ParticipantInfo, self.user)
+        _str(ParticipantInfo, "device", self.device, 1, MAX_DEVICE_CHARS)
+        tracks = _shapes(
+            ParticipantInfo, "tracks", self.tracks, TrackInfo, lo=0, hi=MAX_PARTICIPANT_TRACKS
+        )
+        _set(self, "tracks", tracks)
+        _bool(ParticipantInfo, "audio_muted", self.audio_muted)
+        _bool(ParticipantInfo, "video_muted", self.video_muted)
+
+
+def _ice_servers(value: object) -> list[dict[str, list[str]]]:
+    """Validate the ``ice_servers`` of a ``call.join`` reply: ``[{urls: [str]}]``."""
+    owner = "'call.join' reply"
+    if isinstance(value, list | tuple) and len(value) <= MAX_ICE_SERVERS:
+        servers = []
+        for server in value:
+            urls = server.get("urls") if isinstance(server, Mapping) else None
+            if not (
+                isinstance(urls, list | tuple)
+                and 1 <= len(urls) <= MAX_ICE_URLS
+                and all(isinstance(u, str) and 1 <= len(u) <= MAX_ICE_URL_CHARS for u in urls)
+            ):
+                break
+            servers.append({"urls": list(urls)})
+        else:
+            return servers
+    raise LocalProtocolError(
+        f"Expected {_where(owner, 'ice_servers')} to be an array of at most {MAX_ICE_SERVERS} "
+        f"maps {{urls: [str]}}, got {_brief(value)}"
+    )
 
 
 def _resume_map(value: object) -> dict[str, int]:
@@ -1542,6 +1758,260 @@ class Typing(ClientEvent):
         _bool(Typing, "typing", self.typing)
 
 
+# Calls: requests and client messages.
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallJoin(ClientEvent, _Request):
+    """``call.join``: join the call of a room (members only); it starts with its first participant.
+
+    Joining again from the same session (after a reconnect) re-binds the
+    participant to this connection (see :class:`CallMedia`).
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+    """
+
+    TYPE: ClassVar[str] = "call.join"
+
+    ref: int
+    room: str
+
+    def __post_init__(self) -> None:
+        _ref(CallJoin, self.ref)
+        _room_id(CallJoin, self.room)
+
+    def reply(
+        self,
+        *,
+        participant: str,
+        media: CallMedia | str,
+        participants: Iterable[ParticipantInfo | Mapping[str, Any]],
+        speaker: str | None,
+        ice_servers: Iterable[Mapping[str, Any]] = (),
+    ) -> Reply:
+        """Build the ``reply`` ``{call, participant, media, participants, speaker, ice_servers}``.
+
+        ``call`` is the room id; ``participants`` lists everyone in the call,
+        the caller included.
+
+        Raises:
+            LocalProtocolError: a value is invalid.
+        """
+        owner = "'call.join' reply"
+        items = _array(owner, "participants", participants)
+        if len(items) > MAX_CALL_PARTICIPANTS:
+            raise LocalProtocolError(
+                f"Expected {_where(owner, 'participants')} to hold at most "
+                f"{MAX_CALL_PARTICIPANTS} entries, got {len(items)}"
+            )
+        return Reply(
+            ref=self.ref,
+            data={
+                "call": self.room,
+                "participant": _participant_id(owner, participant),
+                "media": _enum(owner, "media", media, CallMedia).value,
+                "participants": [
+                    _shape(owner, "participants", p, ParticipantInfo).to_wire() for p in items
+                ],
+                "speaker": None if speaker is None else _participant_id(owner, speaker, "speaker"),
+                "ice_servers": _ice_servers(_array(owner, "ice_servers", ice_servers)),
+            },
+        )
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallLeave(ClientEvent, _ReplyRequest):
+    """``call.leave``: leave the room's call; answered by ``reply`` ``{}``.
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+    """
+
+    TYPE: ClassVar[str] = "call.leave"
+
+    ref: int
+    room: str
+
+    def __post_init__(self) -> None:
+        _ref(CallLeave, self.ref)
+        _room_id(CallLeave, self.room)
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallPublish(ClientEvent, _Request):
+    """``call.publish``: the publisher PeerConnection's offer (first one or a renegotiation).
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+        sdp: the offer (at most 64 KiB).
+    """
+
+    TYPE: ClassVar[str] = "call.publish"
+
+    ref: int
+    room: str
+    sdp: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _ref(CallPublish, self.ref)
+        _room_id(CallPublish, self.room)
+        _sdp(CallPublish, self.sdp)
+
+    def reply(self, *, sdp: str, tracks: Iterable[TrackInfo | Mapping[str, Any]]) -> Reply:
+        """Build the ``reply`` ``{sdp: answer, tracks: [TRACK]}``.
+
+        Raises:
+            LocalProtocolError: a value is invalid.
+        """
+        owner = "'call.publish' reply"
+        items = _array(owner, "tracks", tracks)
+        return Reply(
+            ref=self.ref,
+            data={
+                "sdp": _sdp(owner, sdp),
+                "tracks": [_shape(owner, "tracks", t, TrackInfo).to_wire() for t in items],
+            },
+        )
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallAnswer(ClientEvent, _ReplyRequest):
+    """``call.answer``: the answer to the last ``call.offer``; answered by ``reply`` ``{}``.
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+        sdp: the answer (at most 64 KiB).
+    """
+
+    TYPE: ClassVar[str] = "call.answer"
+
+    ref: int
+    room: str
+    sdp: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _ref(CallAnswer, self.ref)
+        _room_id(CallAnswer, self.room)
+        _sdp(CallAnswer, self.sdp)
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallIce(ClientEvent):
+    """``call.ice``: a trickled ICE candidate of the client; no ref, no answer.
+
+    Attributes:
+        room: the room id.
+        pc: :class:`CallPeer`: which PeerConnection.
+        candidate: the ``candidate:...`` line (at most 1024 chars); absent or
+            nil means the end of candidates.
+        sdp_mid: the media section's mid, if known (at most 64 chars).
+        sdp_mline_index: the media section's index, if known.
+    """
+
+    TYPE: ClassVar[str] = "call.ice"
+
+    room: str
+    pc: CallPeer
+    candidate: str | None = None
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+    def __post_init__(self) -> None:
+        _room_id(CallIce, self.room)
+        _set(self, "pc", _enum(CallIce, "pc", self.pc, CallPeer))
+        if self.candidate is not None:
+            _str(CallIce, "candidate", self.candidate, 0, MAX_CANDIDATE_CHARS)
+        if self.sdp_mid is not None:
+            _str(CallIce, "sdp_mid", self.sdp_mid, 0, MAX_SDP_MID_CHARS)
+        if self.sdp_mline_index is not None:
+            _int(CallIce, "sdp_mline_index", self.sdp_mline_index, 0, 1023)
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallMute(ClientEvent, _ReplyRequest):
+    """``call.mute``: stop (or resume) forwarding this client's audio or video; ``reply`` ``{}``.
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+        kind: :class:`MediaKind`.
+        muted: True to mute, False to unmute.
+    """
+
+    TYPE: ClassVar[str] = "call.mute"
+
+    ref: int
+    room: str
+    kind: MediaKind
+    muted: bool
+
+    def __post_init__(self) -> None:
+        _ref(CallMute, self.ref)
+        _room_id(CallMute, self.room)
+        _set(self, "kind", _enum(CallMute, "kind", self.kind, MediaKind))
+        _bool(CallMute, "muted", self.muted)
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallQuality(ClientEvent):
+    """``call.quality``: the size at which this client shows a track; no ref, no answer.
+
+    Attributes:
+        room: the room id.
+        track: the track id.
+        width: displayed width in pixels (0..16384; 0: not shown).
+        height: displayed height in pixels (0..16384).
+    """
+
+    TYPE: ClassVar[str] = "call.quality"
+
+    room: str
+    track: str
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        _room_id(CallQuality, self.room)
+        _track_id(CallQuality, self.track)
+        _int(CallQuality, "width", self.width, 0, MAX_VIDEO_SIDE)
+        _int(CallQuality, "height", self.height, 0, MAX_VIDEO_SIDE)
+
+
+@_client_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRestart(ClientEvent, _ReplyRequest):
+    """``call.restart``: this client's media transports failed; ``reply`` ``{}``.
+
+    The server drops both PeerConnections; the client publishes afresh and
+    gets a new ``call.offer``.
+
+    Attributes:
+        ref: request ref.
+        room: the room id.
+    """
+
+    TYPE: ClassVar[str] = "call.restart"
+
+    ref: int
+    room: str
+
+    def __post_init__(self) -> None:
+        _ref(CallRestart, self.ref)
+        _room_id(CallRestart, self.room)
+
+
 # --------------------------------------------------------------------------
 # Server → client frames.
 
@@ -2059,6 +2529,165 @@ class Recovered(ServerFrame):
             _seq(Recovered, "first", self.first)
         if self.code is not None:
             _int(Recovered, "code", self.code, 100, 999)
+
+
+# Calls: pushes.
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOffer(ServerFrame):
+    """``call.offer``: the subscriber PeerConnection's offer; answer with ``call.answer``.
+
+    Attributes:
+        room: the room id.
+        sdp: the offer (at most 64 KiB).
+        mids: media section mid → the track id it carries (active sections only).
+    """
+
+    TYPE: ClassVar[str] = "call.offer"
+
+    room: str
+    sdp: str = field(repr=False)
+    mids: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        _room_id(CallOffer, self.room)
+        _sdp(CallOffer, self.sdp)
+        mids = self.mids
+        if not (
+            isinstance(mids, Mapping)
+            and len(mids) <= 4 * MAX_CALL_PARTICIPANTS
+            and all(
+                isinstance(m, str)
+                and 0 < len(m) <= MAX_SDP_MID_CHARS
+                and isinstance(t, str)
+                and 0 < len(t) <= MAX_TRACK_ID_CHARS
+                for m, t in mids.items()
+            )
+        ):
+            raise LocalProtocolError(
+                f"Expected {_where(CallOffer, 'mids')} to be a map of mids to track ids, "
+                f"got {_brief(mids)}"
+            )
+        _set(self, "mids", dict(mids))
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the msgpack-ready map (see :meth:`Frame.to_wire`)."""
+        return {"t": self.TYPE, "room": self.room, "sdp": self.sdp, "mids": dict(self.mids)}
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallParticipant(ServerFrame):
+    """``call.participant``: someone joined or left the call, or changed (mute).
+
+    Attributes:
+        room: the room id.
+        action: :class:`ParticipantAction`.
+        participant: the :class:`ParticipantInfo` (or its map, converted).
+    """
+
+    TYPE: ClassVar[str] = "call.participant"
+
+    room: str
+    action: ParticipantAction
+    participant: ParticipantInfo
+
+    def __post_init__(self) -> None:
+        _room_id(CallParticipant, self.room)
+        _set(self, "action", _enum(CallParticipant, "action", self.action, ParticipantAction))
+        info = _shape(CallParticipant, "participant", self.participant, ParticipantInfo)
+        _set(self, "participant", info)
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallTrack(ServerFrame):
+    """``call.track``: another participant published or stopped a track.
+
+    Attributes:
+        room: the room id.
+        action: :class:`TrackAction`.
+        track: the :class:`TrackInfo` (or its map, converted).
+    """
+
+    TYPE: ClassVar[str] = "call.track"
+
+    room: str
+    action: TrackAction
+    track: TrackInfo
+
+    def __post_init__(self) -> None:
+        _room_id(CallTrack, self.room)
+        _set(self, "action", _enum(CallTrack, "action", self.action, TrackAction))
+        _set(self, "track", _shape(CallTrack, "track", self.track, TrackInfo))
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSpeaker(ServerFrame):
+    """``call.speaker``: the dominant speaker changed.
+
+    Attributes:
+        room: the room id.
+        participant: the speaker's participant id; None (always sent, as nil)
+            when nobody speaks.
+    """
+
+    TYPE: ClassVar[str] = "call.speaker"
+
+    room: str
+    participant: str | None
+
+    def __post_init__(self) -> None:
+        _room_id(CallSpeaker, self.room)
+        if self.participant is not None:
+            _participant_id(CallSpeaker, self.participant)
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRestarted(ServerFrame):
+    """``call.restart`` (server → client): drop both PeerConnections and publish again.
+
+    Sent when the media worker hosting the call restarted (to everyone), or
+    when this client did not answer an offer in time. Every track of the call
+    is gone; a new ``call.offer`` follows as participants publish again.
+
+    Attributes:
+        room: the room id.
+        reason: why (for logs), at most 256 chars.
+    """
+
+    TYPE: ClassVar[str] = "call.restart"
+
+    room: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _room_id(CallRestarted, self.room)
+        _str(CallRestarted, "reason", self.reason, 0, MAX_CALL_REASON_CHARS)
+
+
+@_server_frame
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallEnded(ServerFrame):
+    """``call.ended``: this participant was removed from the call (not a member any more, ...).
+
+    Attributes:
+        room: the room id.
+        reason: why, at most 256 chars.
+    """
+
+    TYPE: ClassVar[str] = "call.ended"
+
+    room: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _room_id(CallEnded, self.room)
+        _str(CallEnded, "reason", self.reason, 0, MAX_CALL_REASON_CHARS)
 
 
 # --------------------------------------------------------------------------

@@ -167,6 +167,15 @@ CLIENT_RULES: Mapping[ConnectionState, Mapping[str, ClientRule]] = MappingProxyT
                 "history": Accept(_S.OPEN),
                 "receipt": Accept(_S.OPEN),
                 "typing": Accept(_S.OPEN),
+                # Calls.
+                "call.join": Accept(_S.OPEN),
+                "call.leave": Accept(_S.OPEN),
+                "call.publish": Accept(_S.OPEN),
+                "call.answer": Accept(_S.OPEN),
+                "call.ice": Accept(_S.OPEN),
+                "call.mute": Accept(_S.OPEN),
+                "call.quality": Accept(_S.OPEN),
+                "call.restart": Accept(_S.OPEN),
                 UNKNOWN: Refuse(ErrorCode.UNKNOWN_TYPE),
             }
         ),
@@ -194,6 +203,13 @@ _OPEN_SERVER = (
     "recovered",
     "member",
     "room",
+    # Calls.
+    "call.offer",
+    "call.participant",
+    "call.track",
+    "call.speaker",
+    "call.restart",
+    "call.ended",
 )
 
 SERVER_RULES: Mapping[ConnectionState, Mapping[str, ConnectionState]] = MappingProxyType(
