@@ -726,9 +726,13 @@ async def test_running_out_of_file_descriptors_does_not_stop_the_accept_loop() -
         with trio.fail_after(10):
             async with running_server() as listener:
                 with trio.socket.socket() as client:
-                    # listdir's own descriptor is closed again once it returns: a
-                    # limit of one less leaves none for the server's accept().
-                    open_fds = len(os.listdir("/proc/self/fd")) - 1
+                    # RLIMIT_NOFILE bounds the descriptor *number*, and new ones
+                    # take the lowest free number: a limit at the lowest free
+                    # number leaves none for the server's accept(), even when
+                    # earlier tests left gaps below higher descriptors.
+                    # dup() returns the lowest free number.
+                    open_fds = os.dup(0)
+                    os.close(open_fds)
                     resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds, hard))
                     try:
                         await client.connect(("127.0.0.1", listener.port))

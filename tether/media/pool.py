@@ -411,6 +411,10 @@ class MediaPool:
             log.warning("media worker pid %s did not exit: killing it", process.pid)
             process.kill()
             await process.wait()
+        if process.stdout is not None:
+            # Closed here, not left to the garbage collector: a server whose
+            # workers restart must not accumulate pipe descriptors.
+            await process.stdout.aclose()
 
     def _lost(self, worker: _Worker) -> None:
         """The worker's process is gone: fail its requests, tell its routers' owners."""
