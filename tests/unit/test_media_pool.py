@@ -56,6 +56,11 @@ async def running_pool(workers: int = 1, **kwargs: Any) -> AsyncIterator[MediaPo
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         await pool.wait_ready(20)
+        # The first stats poll follows each worker's start at once: let it
+        # finish, so tests that count requests in flight see only their own.
+        with trio.fail_after(20):
+            while not all(w["stats"] for w in pool.health()):  # noqa: ASYNC110
+                await trio.sleep(0.01)
         try:
             yield pool
         finally:
