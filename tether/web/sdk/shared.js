@@ -81,6 +81,8 @@ const REPEATABLE = new Set([
 ]);
 const MAX_PENDING_CALLS = 1000;
 const MAX_TABS = 1000;
+// Messages a tab remembers having shown, to drop one a hand-over repeats.
+const MAX_SHOWN = 10000;
 // Tabs tell the host they are alive this often; silent for TAB_TIMEOUT_MS, a
 // tab is dropped (its idle state and presence subscriptions with it). Generous:
 // browsers run the timers of hidden tabs as rarely as once a minute.
@@ -383,6 +385,12 @@ export class SharedClient extends EventTarget {
     // What this tab has seen, so that it can take over as leader without loss
     // or repeats (see takeOver()).
     this.seen = new SeqTracker();
+    /** @type {Set<string>} "room seq" of the latest msg and sent events shown, oldest first */
+    this._shown = new Set();
+    // This tab's idle vote and presence subscriptions, for a new host (_hostChanged).
+    this._idle = false;
+    /** @type {Set<string>} */
+    this._following = new Set();
     this.session = null;
   }
 
@@ -463,8 +471,17 @@ export class SharedClient extends EventTarget {
   /** @param {string} type @param {any} detail */
   _event(type, detail) {
     // Bookkeeping for a take-over: what this tab was shown, per room.
-    if (type === "msg" || type === "sent") this.seen.touch(detail.room, detail.seq).add(detail.seq);
-    else if (type === "room") this.seen.seed(detail.room.id, detail.room.lastSeq);
+    if (type === "msg" || type === "sent") {
+      // A hand-over may show a message again: a send the old leader stored
+      // but never answered comes back as a `sent` with dup, and the new
+      // leader replays what it saw less of than this tab.
+      const key = `${detail.room} ${detail.seq}`;
+      if (this._shown.has(key)) return;
+      this._shown.add(key);
+      const oldest = this._shown.size > MAX_SHOWN ? this._shown.values().next().value : undefined;
+      if (oldest !== undefined) this._shown.delete(oldest);
+      this.seen.touch(detail.room, detail.seq).add(detail.seq);
+    } else if (type === "room") this.seen.seed(detail.room.id, detail.room.lastSeq);
     else if (type === "recovered" && (detail.code === 120 || detail.code === 121)) this.seen.forget(detail.room);
     else if (type === "member" && detail.user === this.user && (detail.action === "left" || detail.action === "removed")) {
       this.seen.forget(detail.room);
@@ -508,6 +525,10 @@ export class SharedClient extends EventTarget {
         call.reject(new RequestInterrupted(1006, "the leader tab went away", call.method));
       }
     }
+    // A new host knows nothing of this tab: give it this tab's idle vote and
+    // presence subscriptions again (the new connection starts active).
+    if (this._idle) this._call("setIdle", [true]).catch(() => {});
+    if (this._following.size > 0) this._call("subscribePresence", [[...this._following]]).catch(() => {});
   }
 
   /** This tab leaves (the connection stays for the other tabs). */
@@ -534,6 +555,26 @@ for (const method of METHODS) {
     configurable: true,
   });
 }
+
+// A send gets its cid here, in the tab: a call repeated on a new leader (see
+// _hostChanged) must carry the same cid, or the server stores it twice.
+SharedClient.prototype.send = function (/** @type {string} */ roomId, /** @type {any} */ body, /** @type {any} */ options = {}) {
+  return this._call("send", [roomId, body, { ...options, cid: options?.cid ?? newCid() }]);
+};
+
+SharedClient.prototype.setIdle = function (/** @type {boolean} */ idle) {
+  this._idle = Boolean(idle);
+  return this._call("setIdle", [idle]);
+};
+SharedClient.prototype.subscribePresence = async function (/** @type {string[]} */ users) {
+  const states = await this._call("subscribePresence", [users]);
+  for (const user of users) this._following.add(user);
+  return states;
+};
+SharedClient.prototype.unsubscribePresence = async function (/** @type {string[]} */ users) {
+  await this._call("unsubscribePresence", [users]);
+  for (const user of users) this._following.delete(user);
+};
 
 // -- modes -----------------------------------------------------------------------------
 
