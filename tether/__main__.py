@@ -25,6 +25,7 @@ from tether.config import ConfigError, ServerConfig, load_config
 #: Benchmark scenarios: name → module exposing add_arguments(parser) and run(args) -> dict.
 BENCHMARKS = {
     "actors": "tether.bench.actors",
+    "call": "tether.bench.call",
     "fanout": "tether.bench.fanout",
     "idle": "tether.bench.idle",
     "presence": "tether.bench.presence",

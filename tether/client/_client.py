@@ -94,6 +94,10 @@ _RETRIED = frozenset(
         "presence.subscribe",
         "presence.unsubscribe",
         "presence.set",
+        # Joining a call again re-binds the same participant (media "kept"
+        # when its transports are still up); muting sets a state.
+        "call.join",
+        "call.mute",
     }
 )
 # Resume bookkeeping bounds (per room): seqs held above the gapless position,
@@ -519,6 +523,157 @@ class ResyncFailed:
     error: Exception
 
 
+# -- calls ----------------------------------------------------------------------
+
+CallMedia: TypeAlias = Literal["new", "kept"]
+"""``call.join``'s ``media``: publish afresh (``"new"``) or nothing to do (``"kept"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallTrack:
+    """A published track of a call (the protocol's TRACK map).
+
+    Attributes:
+        id: ``<participant>.<mid>``, unique in the call.
+        participant: the publishing participant's id.
+        kind: ``"audio"`` or ``"video"``.
+        rids: simulcast layer ids (empty without simulcast).
+        muted: the publisher muted it (the server does not forward it).
+    """
+
+    id: str
+    participant: str
+    kind: str
+    rids: tuple[str, ...]
+    muted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallParticipant:
+    """A participant of a call (the protocol's PARTICIPANT map).
+
+    Attributes:
+        id: 12 lowercase hex characters chosen by the server; one per
+            (user, session): a second device of a user is another participant.
+        user: the user id.
+        device: the device name of that session.
+        tracks: what the participant publishes.
+        audio_muted: it muted its audio.
+        video_muted: it muted its video.
+    """
+
+    id: str
+    user: str
+    device: str
+    tracks: tuple[CallTrack, ...]
+    audio_muted: bool
+    video_muted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """A STUN/TURN server the call's client side may use (``ice_servers`` of ``call.join``)."""
+
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallJoined:
+    """The answer to :meth:`Client.join_call`.
+
+    Attributes:
+        call: the call's id (the room id).
+        participant: your participant id in the call.
+        media: ``"new"``: publish now (:meth:`Client.publish`), the server then
+            sends a :class:`CallOffer`; ``"kept"``: you joined again from the
+            same session and your media transports are still up: nothing to do.
+        participants: everyone in the call, you included.
+        speaker: the current dominant speaker's participant id, None in silence.
+        ice_servers: servers to give your WebRTC stack (empty: none).
+    """
+
+    call: str
+    participant: str
+    media: CallMedia
+    participants: tuple[CallParticipant, ...]
+    speaker: str | None
+    ice_servers: tuple[IceServer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """The answer to :meth:`Client.publish`: the SDP answer and the tracks it published."""
+
+    sdp: str
+    tracks: tuple[CallTrack, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallOffer:
+    """A ``call.offer`` push: the server's offer for your subscriber connection.
+
+    Apply it and answer with :meth:`Client.answer_offer`. ``mids`` maps each
+    active media section (mid) to the track it carries.
+    """
+
+    room: str
+    sdp: str
+    mids: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallParticipantEvent:
+    """A ``call.participant`` push: ``"joined"``, ``"left"`` or ``"updated"`` (mute, tracks)."""
+
+    room: str
+    action: str
+    participant: CallParticipant
+
+
+@dataclass(frozen=True, slots=True)
+class CallTrackEvent:
+    """A ``call.track`` push: a track was ``"added"`` to or ``"removed"`` from the call."""
+
+    room: str
+    action: str
+    track: CallTrack
+
+
+@dataclass(frozen=True, slots=True)
+class CallSpeaker:
+    """A ``call.speaker`` push: the dominant speaker changed (None: silence)."""
+
+    room: str
+    participant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRestart:
+    """A ``call.restart`` push: drop both media connections and publish again.
+
+    Sent when the media worker hosting the call restarted (or your
+    subscriber connection did not answer in time); the server sends a new
+    :class:`CallOffer` after your new :meth:`Client.publish`.
+    """
+
+    room: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """A ``call.ended`` push: you are no longer in the call (left elsewhere, removed...)."""
+
+    room: str
+    reason: str
+
+
+CallEvent: TypeAlias = (
+    CallOffer | CallParticipantEvent | CallTrackEvent | CallSpeaker | CallRestart | CallEnded
+)
+"""The ``call.*`` pushes."""
+
+
 Event: TypeAlias = (
     PresenceEvent
     | Message
@@ -535,6 +690,12 @@ Event: TypeAlias = (
     | Reconnected
     | Recovered
     | ResyncFailed
+    | CallOffer
+    | CallParticipantEvent
+    | CallTrackEvent
+    | CallSpeaker
+    | CallRestart
+    | CallEnded
 )
 
 
@@ -759,6 +920,97 @@ def _welcome(data: Mapping[str, Any]) -> Welcome:
     )
 
 
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    return None if data.get(key) is None else _str(data, key)
+
+
+def _call_track(data: Mapping[str, Any]) -> CallTrack:
+    rids = data.get("rids")
+    return CallTrack(
+        id=_str(data, "id"),
+        participant=_str(data, "participant"),
+        kind=_str(data, "kind"),
+        rids=() if rids is None else _strs(data, "rids"),
+        muted=_opt_bool(data, "muted"),
+    )
+
+
+def _call_participant(data: Mapping[str, Any]) -> CallParticipant:
+    return CallParticipant(
+        id=_str(data, "id"),
+        user=_str(data, "user"),
+        device=_str(data, "device"),
+        tracks=tuple(_call_track(item) for item in _maps(data, "tracks")),
+        audio_muted=_opt_bool(data, "audio_muted"),
+        video_muted=_opt_bool(data, "video_muted"),
+    )
+
+
+def _call_joined(data: Mapping[str, Any]) -> CallJoined:
+    media = _str(data, "media")
+    if media not in ("new", "kept"):
+        raise ValueError(f"Expected media 'new' or 'kept', got {media!r}")
+    servers = data.get("ice_servers")
+    return CallJoined(
+        call=_str(data, "call"),
+        participant=_str(data, "participant"),
+        media="new" if media == "new" else "kept",
+        participants=tuple(_call_participant(item) for item in _maps(data, "participants")),
+        speaker=_opt_str(data, "speaker"),
+        ice_servers=()
+        if servers is None
+        else tuple(IceServer(_strs(item, "urls")) for item in _maps(data, "ice_servers")),
+    )
+
+
+def _publish_result(data: Mapping[str, Any]) -> PublishResult:
+    return PublishResult(
+        _str(data, "sdp"), tuple(_call_track(item) for item in _maps(data, "tracks"))
+    )
+
+
+def _call_offer(data: Mapping[str, Any]) -> CallOffer:
+    mids = _map(data, "mids")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mids.items()):
+        raise TypeError(f"Expected 'mids' to map str to str, got {mids!r}")
+    return CallOffer(_str(data, "room"), _str(data, "sdp"), dict(mids))
+
+
+def _call_participant_event(data: Mapping[str, Any]) -> CallParticipantEvent:
+    return CallParticipantEvent(
+        _str(data, "room"), _str(data, "action"), _call_participant(_map(data, "participant"))
+    )
+
+
+def _call_track_event(data: Mapping[str, Any]) -> CallTrackEvent:
+    return CallTrackEvent(
+        _str(data, "room"), _str(data, "action"), _call_track(_map(data, "track"))
+    )
+
+
+def _call_speaker(data: Mapping[str, Any]) -> CallSpeaker:
+    return CallSpeaker(_str(data, "room"), _opt_str(data, "participant"))
+
+
+def _call_restart(data: Mapping[str, Any]) -> CallRestart:
+    reason = data.get("reason")
+    return CallRestart(_str(data, "room"), reason if isinstance(reason, str) else "")
+
+
+def _call_ended(data: Mapping[str, Any]) -> CallEnded:
+    reason = data.get("reason")
+    return CallEnded(_str(data, "room"), reason if isinstance(reason, str) else "")
+
+
+_CALL_EVENTS = (
+    CallOffer,
+    CallParticipantEvent,
+    CallTrackEvent,
+    CallSpeaker,
+    CallRestart,
+    CallEnded,
+)
+
 #: Server push frame type → decoder. Other types become UnknownEvent.
 _PUSHES: dict[str, Callable[[Mapping[str, Any]], Event]] = {
     "presence": _presence,
@@ -772,6 +1024,12 @@ _PUSHES: dict[str, Callable[[Mapping[str, Any]], Event]] = {
     "room": _room_added,
     "error": _server_error,
     "recovered": _recovered,
+    "call.offer": _call_offer,
+    "call.participant": _call_participant_event,
+    "call.track": _call_track_event,
+    "call.speaker": _call_speaker,
+    "call.restart": _call_restart,
+    "call.ended": _call_ended,
 }
 
 _T = TypeVar("_T")
@@ -1069,6 +1327,35 @@ class _EventIterator:
         return await self._client.next_event()
 
 
+class CallWatch:
+    """A room's call events, separate from :meth:`Client.events` (see :meth:`Client.watch_call`).
+
+    Yields the room's ``call.*`` pushes (:data:`CallEvent`) and copies of the
+    connection's :class:`Reconnecting` / :class:`Reconnected` events, in order.
+    Iterate it with ``async for``, or call :meth:`get`. Bounded like the main
+    stream: while it is full the SDK stops reading the socket.
+    """
+
+    __slots__ = ("_queue", "room")
+
+    def __init__(self, room: str, capacity: int) -> None:
+        self.room = room
+        self._queue = _EventQueue(capacity)
+
+    async def get(self) -> Event:
+        """The next event; raises trio.EndOfChannel once the watch or the client ended."""
+        return await self._queue.get()
+
+    def __aiter__(self) -> CallWatch:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._queue.get()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
 # -- requests and connections --------------------------------------------------------
 
 _REF_KEY: bytes = msgpack.packb("ref")
@@ -1289,6 +1576,7 @@ class Client:
         self._closed: ConnectionClosed | None = None
         self._closed_event = trio.Event()
         self._supervisor: trio.CancelScope | None = None
+        self._call_watches: dict[str, CallWatch] = {}
         self.welcome: Welcome | None = None
 
     @property
@@ -1714,6 +2002,131 @@ class Client:
         """
         await self._fire({"t": "typing", "room": room_id, "typing": typing})
 
+    # -- calls ------------------------------------------------------------------
+    # Signaling only: the media (WebRTC) side is the application's, e.g.
+    # tether.media.peer.CallPeer for Python, a browser's RTCPeerConnection.
+
+    @asynccontextmanager
+    async def watch_call(self, room_id: str, *, capacity: int = 256) -> AsyncIterator[CallWatch]:
+        """Route the room's ``call.*`` pushes to a :class:`CallWatch` for the block.
+
+        While the block runs, the room's call pushes go to the watch instead of
+        :meth:`events` (nothing is delivered twice), and the watch also gets a
+        copy of every :class:`Reconnecting` / :class:`Reconnected`. One watch
+        per room at a time.
+
+        Raises:
+            ValueError: the room is already watched.
+        """
+        if room_id in self._call_watches:
+            raise ValueError(f"Expected one watch per room, {room_id!r} is already watched")
+        watch = CallWatch(room_id, capacity)
+        self._call_watches[room_id] = watch
+        if self._closed is not None:
+            watch._queue.close()
+        try:
+            yield watch
+        finally:
+            if self._call_watches.get(room_id) is watch:
+                del self._call_watches[room_id]
+            watch._queue.close()
+
+    async def join_call(self, room_id: str) -> CallJoined:
+        """Join the room's call (``call.join``); the call starts with its first participant.
+
+        Call it again after a reconnect (on :class:`Reconnected`): the server
+        re-binds your participant to the new connection and says whether your
+        media is ``"kept"`` or must be published ``"new"``. Resent by itself
+        when the connection drops before the answer.
+
+        Raises:
+            RequestError: 120/121 (not a member, no such room), 132
+                MEDIA_UNAVAILABLE (temporary: no media worker now), 133 CALL_FULL.
+        """
+        data = await self.request("call.join", room=room_id)
+        return _decode_reply("'call.join'", _call_joined, data)
+
+    async def leave_call(self, room_id: str) -> None:
+        """Leave the room's call (``call.leave``); the others get ``call.participant left``.
+
+        Raises:
+            RequestError: 130 NOT_IN_CALL.
+        """
+        await self.request("call.leave", room=room_id)
+
+    async def publish(self, room_id: str, sdp: str) -> PublishResult:
+        """Send your publisher connection's SDP offer (``call.publish``); returns the answer.
+
+        The first call creates your publisher connection in the media worker;
+        a later one renegotiates it (tracks added or removed).
+
+        Raises:
+            RequestError: 130 NOT_IN_CALL, 131 BAD_SDP, 132 MEDIA_UNAVAILABLE.
+            RequestInterrupted: not resent: join again (:meth:`join_call`), and
+                publish afresh when it answers ``media="new"``.
+        """
+        data = await self.request("call.publish", room=room_id, sdp=sdp)
+        return _decode_reply("'call.publish'", _publish_result, data)
+
+    async def answer_offer(self, room_id: str, sdp: str) -> None:
+        """Answer the latest :class:`CallOffer` (``call.answer``) with your SDP answer.
+
+        Raises:
+            RequestError: 130 NOT_IN_CALL, 131 BAD_SDP.
+        """
+        await self.request("call.answer", room=room_id, sdp=sdp)
+
+    async def send_ice(
+        self,
+        room_id: str,
+        pc: Literal["pub", "sub"],
+        candidate: str | None,
+        *,
+        sdp_mid: str | None = None,
+        sdp_mline_index: int | None = None,
+    ) -> None:
+        """Trickle one ICE candidate of your ``"pub"`` or ``"sub"`` connection (``call.ice``).
+
+        ``candidate`` None means end of candidates. Fire and forget: no answer;
+        dropped while the client reconnects (gather before sending SDP to avoid
+        needing it).
+        """
+        frame: dict[str, Any] = {"t": "call.ice", "room": room_id, "pc": pc, "candidate": candidate}
+        if sdp_mid is not None:
+            frame["sdp_mid"] = sdp_mid
+        if sdp_mline_index is not None:
+            frame["sdp_mline_index"] = sdp_mline_index
+        await self._fire(frame)
+
+    async def mute(self, room_id: str, kind: Literal["audio", "video"], muted: bool) -> None:
+        """Mute or unmute your audio or video (``call.mute``): the server stops forwarding it.
+
+        Raises:
+            RequestError: 130 NOT_IN_CALL.
+        """
+        await self.request("call.mute", room=room_id, kind=kind, muted=muted)
+
+    async def set_quality(self, room_id: str, track: str, width: int, height: int) -> None:
+        """Tell the server the size you show ``track`` at (``call.quality``); fire and forget.
+
+        The server picks the simulcast layer from it (and from your bandwidth).
+        Dropped while the client reconnects.
+        """
+        await self._fire(
+            {"t": "call.quality", "room": room_id, "track": track, "width": width, "height": height}
+        )
+
+    async def restart_call(self, room_id: str) -> None:
+        """Report that your media connections failed (``call.restart``).
+
+        The server drops them; then :meth:`publish` afresh and answer the new
+        :class:`CallOffer`.
+
+        Raises:
+            RequestError: 130 NOT_IN_CALL, 132 MEDIA_UNAVAILABLE.
+        """
+        await self.request("call.restart", room=room_id)
+
     # -- connection -----------------------------------------------------------
     async def ping(self) -> None:
         """Send an application-level ping (answered by a pong); a no-op while reconnecting."""
@@ -1869,8 +2282,16 @@ class Client:
                 pending.error = final
                 pending.done.set()
         self._events.close()
+        for watch in self._call_watches.values():
+            watch._queue.close()
         self._ready.set()
         self._closed_event.set()
+
+    def _put_state(self, event: Reconnecting | Reconnected) -> None:
+        """A connection-state event: to the main stream and to every call watch."""
+        self._events.put_state(event)
+        for watch in self._call_watches.values():
+            watch._queue.put_state(event)
 
     # -- internals: the supervisor ----------------------------------------------
     async def _supervise(
@@ -1918,7 +2339,7 @@ class Client:
                         attempt,
                         delay,
                     )
-                    self._events.put_state(Reconnecting(attempt, delay, closed.code, closed.reason))
+                    self._put_state(Reconnecting(attempt, delay, closed.code, closed.reason))
                     await trio.sleep(delay)
                     if closed.code == 3006 and not await self._refresh_token():
                         return
@@ -2000,7 +2421,7 @@ class Client:
                             task_status.started()
                         else:
                             log.info("reconnected (resumed=%s)", welcome.resumed)
-                            self._events.put_state(Reconnected(welcome.resumed))
+                            self._put_state(Reconnected(welcome.resumed))
                             nursery.start_soon(self._resync, link, welcome.resumed)
                             if link.awaiting:
                                 nursery.start_soon(self._recover_deadline, link)
@@ -2226,6 +2647,11 @@ class Client:
             and event.user == self.welcome.user
         ):
             self._seqs.forget(event.room)
+        if isinstance(event, _CALL_EVENTS):
+            watch = self._call_watches.get(event.room)
+            if watch is not None:
+                await watch._queue.put(event)
+                return
         # Bounded: if the application stops consuming events the reader waits,
         # and the server eventually closes us as a slow consumer (we resume).
         await self._events.put(event)

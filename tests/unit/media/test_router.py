@@ -25,6 +25,7 @@ OPUS = SimpleNamespace(
 class FakeSub:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.state = "connected"
 
     def send_rtp(self, packet: bytes) -> None:
         self.sent.append(packet)
@@ -202,6 +203,24 @@ def test_pause_stops_and_resume_waits_for_keyframe() -> None:
     assert len(sub.sent) == 1
     feed(p, 4, 9000, True, 4)
     assert rtp.parse_header(sub.sent[-1]).sequence == (c.first_seq + 1) & 0xFFFF
+
+
+def test_no_segment_starts_before_the_subscriber_is_connected() -> None:
+    """A keyframe that arrives before DTLS is up is never delivered: wait for the next."""
+    router, _ = make_router()
+    track = make_track(router, "a", "video", [])
+    c, sub = make_consumer(track)
+    sub.state = "new"
+    p = track.producers[0]
+    feed(p, 1, 0, True, 1)
+    assert c.seg is None
+    sub.state = "connected"
+    feed(p, 2, 3000, False, 2)
+    assert sub.sent == []
+    feed(p, 3, 6000, True, 3)
+    assert len(sub.sent) == 1
+    _header, payload = parsed(sub.sent[0])
+    assert payload[5] & 0x01 == 0  # after the 5-byte VP8 descriptor: a keyframe
 
 
 def test_choose_layer_by_size_and_budget() -> None:

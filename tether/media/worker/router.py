@@ -842,6 +842,10 @@ class Consumer:
         if seg is None or seg.producer is not producer:
             if producer is not self.target or not (key or not producer.video):
                 return
+            if self.sub.state != "connected":
+                # Packets are not sent before DTLS is up: a segment started
+                # now would begin, for the receiver, after its keyframe.
+                return
             seg = self._start(producer, seq, ts, body)
         out_seq = (seq + seg.seq_off) & 0xFFFF
         out_ts = (ts + seg.ts_off) & 0xFFFFFFFF
@@ -998,8 +1002,11 @@ class Subscriber(PeerTransport):
         self.remb_bps: int | None = None
 
     def on_connected(self) -> None:
+        # Every consumer starts (again) on a keyframe sent once this transport
+        # can carry it: whatever began before was never delivered.
         for c in self.consumers.values():
             if c.armed:
+                c.seg = None
                 c.request_keyframe(force=True)
 
     def handle_rtcp(self, data: bytes) -> None:
