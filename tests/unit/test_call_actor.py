@@ -17,6 +17,7 @@ import trio.testing
 
 from tether.actors import Actor, ActorRef, open_actor_system
 from tether.actors.call import (
+    MAX_FIRED_PER_PARTICIPANT,
     OFFER_TIMEOUT_S,
     REOPEN_RETRY_S,
     CallConnectionGone,
@@ -30,6 +31,7 @@ from tether.transport.auth import TokenVerifier
 from tether.transport.protocol.connection import Limits
 from tether.transport.protocol.events import (
     CallAnswer,
+    CallIce,
     CallJoin,
     CallParticipant,
     CallPublish,
@@ -61,6 +63,8 @@ class FakePool:
         self.routers: dict[str, Any] = {}
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.down = False
+        #: Set: ``candidate`` requests wait on it (a worker that is slow to answer).
+        self.hold_candidates: trio.Event | None = None
 
     async def open_router(self, router: str, owner: Any, *, wait: float = 0.0) -> int:
         if self.down:
@@ -78,6 +82,8 @@ class FakePool:
         if router not in self.routers:
             raise MediaUnavailable("router gone")
         self.requests.append((method, params))
+        if method == "candidate" and self.hold_candidates is not None:
+            await self.hold_candidates.wait()
         if method == "publish":
             pid = params["participant"]
             return {"sdp": "v=0 answer", "tracks": [{"id": f"{pid}.0", "kind": "audio"}]}
@@ -234,3 +240,27 @@ async def test_a_lost_router_is_reopened_until_a_worker_is_back(
         assert restart.reason == "media worker restarted"
         assert len(pool.routers) == 1
         assert isinstance(await alice.request(CallPublish, sdp="v=0"), Reply)
+
+
+async def test_a_candidate_flood_keeps_a_bounded_number_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with call_context() as (ctx, pool):
+        alice = Client(ctx, "alice", 1)
+        await alice.request(CallJoin)
+        pool.hold_candidates = gate = trio.Event()
+        for _ in range(200):
+            alice.send(
+                CallIce(room=ROOM, pc="pub", candidate="candidate:1 1 udp 1 1.2.3.4 9 typ host")
+            )
+        await trio.testing.wait_all_tasks_blocked()
+        sent = [m for m, _ in pool.requests if m == "candidate"]
+        assert len(sent) == MAX_FIRED_PER_PARTICIPANT
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        # once answered, the budget is free again
+        alice.send(CallIce(room=ROOM, pc="pub", candidate=None))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (
+            len([m for m, _ in pool.requests if m == "candidate"]) == MAX_FIRED_PER_PARTICIPANT + 1
+        )

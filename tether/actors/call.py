@@ -73,6 +73,10 @@ ROUTER_WAIT_S = 15.0
 REOPEN_RETRY_S = 2.0
 #: Joins waiting for the router to open (beyond: error 103).
 MAX_WAITING_JOINS = 256
+#: Ref-less worker requests (``call.ice``, ``call.quality``) one participant
+#: may have in flight; more are dropped (logged), so a flooding client cannot
+#: take the worker's request budget from the other calls on it.
+MAX_FIRED_PER_PARTICIPANT = 16
 
 
 # -- messages -------------------------------------------------------------------
@@ -158,6 +162,8 @@ class _Participant:
         self.offer_serial = 0
         self.offer_timer: TimerHandle | None = None
         self.answering = False
+        #: Ref-less requests (call.ice, call.quality) in flight to the worker.
+        self.fired = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -348,10 +354,23 @@ class CallActor(PipeToSelf):
 
         return call
 
-    def _fire(self, method: str, params: dict[str, Any]) -> None:
-        """A worker request whose outcome only matters for the log."""
+    def _fire(self, p: _Participant | None, method: str, params: dict[str, Any]) -> None:
+        """A worker request whose outcome only matters for the log.
+
+        For a participant's own ref-less requests (``p`` given), at most
+        :data:`MAX_FIRED_PER_PARTICIPANT` are in flight; others are dropped.
+        """
+        if p is not None:
+            if p.fired >= MAX_FIRED_PER_PARTICIPANT:
+                log.info(
+                    "call %s: %s from %s dropped (too many in flight)", self.room_id, method, p.id
+                )
+                return
+            p.fired += 1
 
         def done(_result: Any, error: BaseException | None) -> None:
+            if p is not None:
+                p.fired -= 1
             if error is not None:
                 log.info("call %s: %s failed: %r", self.room_id, method, error)
 
@@ -403,6 +422,7 @@ class CallActor(PipeToSelf):
             case CallIce():
                 if self.router is not None:
                     self._fire(
+                        p,
                         "candidate",
                         {
                             "participant": p.id,
@@ -417,6 +437,7 @@ class CallActor(PipeToSelf):
             case CallQuality():
                 if self.router is not None and self._track(event.track) is not None:
                     self._fire(
+                        p,
                         "prefer",
                         {
                             "participant": p.id,
@@ -559,7 +580,7 @@ class CallActor(PipeToSelf):
         info = self._participant_event(ParticipantAction.LEFT, p)
         p.forget_media()
         if self.router is not None:
-            self._fire("drop", {"participant": p.id})
+            self._fire(None, "drop", {"participant": p.id})
         self._push_others(None, info)
         if self.speaker == p.id:
             self.speaker = None
@@ -725,7 +746,7 @@ class CallActor(PipeToSelf):
                 p, CallTrack(room=self.room_id, action=TrackAction.ADDED, track=track)
             )
             if track.muted:
-                self._fire("pause", {"track": track.id, "paused": True})
+                self._fire(None, "pause", {"track": track.id, "paused": True})
         if added or removed:
             for other in self.participants.values():
                 if other is not p:
