@@ -197,7 +197,8 @@ export class Host {
           const client = await this.ensureOpen();
           this.post(tab, { k: "ready", tab, welcome: client.welcome, connected: client.connected });
         } catch (err) {
-          this.post(tab, { k: "failed", tab, error: serializeError(err) });
+          // A stopped host does not answer: the tab says hello to the next one.
+          if (!this.stopped) this.post(tab, { k: "failed", tab, error: serializeError(err) });
         }
         return;
       case "alive":
@@ -284,7 +285,17 @@ export class Host {
     this.opening = client
       .open()
       .then(() => {
+        if (this.stopped) {
+          // The host stopped (its tab resigned or left) while this opened:
+          // no connection may outlive it.
+          client.close();
+          throw new ConnectionClosed(1000, "host stopped");
+        }
         this.client = client;
+        // A new connection starts active (after a hand-over, or one that took
+        // back a session with 3507): tell it the tabs' vote.
+        this.idle = false;
+        void this.updateIdle();
         return client;
       })
       .finally(() => {
@@ -430,6 +441,9 @@ export class SharedClient extends EventTarget {
       case "ready":
         this.welcome = msg.welcome;
         this.session = msg.welcome?.session ?? this.session;
+        // The host's device is the browser's (tabs opened at once may each have
+        // made their own before one was stored): a new leader must resume as it.
+        if (typeof msg.welcome?.device === "string") this.config.options.device = msg.welcome.device;
         this._connected = msg.connected;
         this._ready?.resolve(this);
         this._ready = null;
