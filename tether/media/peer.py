@@ -579,19 +579,23 @@ class _Media:
         if where is None:
             return
         mid, is_rtx = where
-        now = time.monotonic()
         with self._lock:
-            track = self._mid_track.get(mid)
-            counters = self._counters.get(track) if track is not None else None
-            if counters is None:
-                return
-            counters.packets += 1
-            if counters.first_packet_at is None:
-                counters.first_packet_at = now
-            if is_rtx:
-                counters.rtx_packets += 1
-            else:
+            counters = self._arrived(mid, is_rtx, time.monotonic())
+            if counters is not None and not is_rtx:
                 counters.primary_packet(ssrc, int.from_bytes(data[2:4], "big"))
+
+    def _arrived(self, mid: str, is_rtx: bool, now: float) -> _Counters | None:
+        """Count a packet of ``mid`` (under the lock); its counters, or None if unknown."""
+        track = self._mid_track.get(mid)
+        counters = self._counters.get(track) if track is not None else None
+        if counters is None:
+            return None
+        counters.packets += 1
+        if counters.first_packet_at is None:
+            counters.first_packet_at = now
+        if is_rtx:
+            counters.rtx_packets += 1
+        return counters
 
     def _counting(
         self, mid: str, handle: Callable[[Any, int], Coroutine[Any, Any, None]]
@@ -607,16 +611,10 @@ class _Media:
 
     def _count_packet(self, mid: str, packet: Any) -> None:
         now = time.monotonic()
+        is_rtx = packet.payload_type in self._mid_rtx.get(mid, ())
         with self._lock:
-            track = self._mid_track.get(mid)
-            counters = self._counters.get(track) if track is not None else None
-            if counters is None:
-                return
-            counters.packets += 1
-            if counters.first_packet_at is None:
-                counters.first_packet_at = now
-            if packet.payload_type in self._mid_rtx.get(mid, ()):
-                counters.rtx_packets += 1
+            counters = self._arrived(mid, is_rtx, now)
+            if counters is None or is_rtx:
                 return
             counters.primary_packet(packet.ssrc, packet.sequence_number)
             if counters.kind != "video":
