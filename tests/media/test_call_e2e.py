@@ -23,6 +23,7 @@ import trio
 
 from tether.actors.messages import CloseConnection
 from tether.app import Server, ServerInfo
+from tether.bench._harness import free_port
 from tether.client import Client, connect
 from tether.media.peer import CallPeer, TrackStats, open_call_peer
 from tether.media.synthetic import VideoSpec
@@ -225,6 +226,68 @@ async def test_a_websocket_drop_keeps_the_call_and_its_media(tmp_path: Path) -> 
                 await ann.wait_until(lambda p: decoding(p, 1, base_ann), 30)
                 await ben.wait_until(lambda p: decoding(p, 1, base_ben), 30)
                 assert set(ann.participants) == {ann.participant, participant}
+
+
+async def serve_until(
+    tmp_path: Path, port: int, stop: trio.Event, stopped: trio.Event, *, task_status: Any
+) -> None:
+    """Run a call server on ``port`` until ``stop``; set ``stopped`` once it is down."""
+    try:
+        async with call_server(tmp_path, port=port) as (_, info):
+            task_status.started(info)
+            await stop.wait()
+    finally:
+        stopped.set()
+
+
+async def test_after_a_server_restart_participants_join_the_call_again(tmp_path: Path) -> None:
+    """A restart ends the calls; the SDK participants reconnect and start it afresh."""
+    port = free_port()
+    with trio.fail_after(150):
+        async with trio.open_nursery() as nursery:
+            stop, stopped = trio.Event(), trio.Event()
+            info = await nursery.start(serve_until, tmp_path, port, stop, stopped)
+            async with AsyncExitStack() as stack:
+                async with connect(info.url, token("owner")) as owner:
+                    room = (await owner.create_room("call", kind="public")).id
+                _, ann = await join(stack, info, room, "ann")
+                _, ben = await join(stack, info, room, "ben")
+                for peer in (ann, ben):
+                    await peer.wait_until(lambda p: decoding(p, 1), 60)
+                before = {ann.participant, ben.participant}
+                # The server stops (clients are told 3000) and starts again on
+                # the same data folder and port: no call exists there any more.
+                stop.set()
+                await stopped.wait()
+                stop, stopped = trio.Event(), trio.Event()
+                await nursery.start(serve_until, tmp_path, port, stop, stopped)
+                for peer in (ann, ben):
+                    await peer.wait_until(
+                        lambda p: (
+                            p.rejoins >= 1
+                            and p.joined is not None
+                            and p.joined.media == "new"
+                            and p.participant not in before
+                        ),
+                        60,
+                    )
+                for peer, other in ((ann, ben), (ben, ann)):
+                    prefix = f"{other.participant}."
+                    await peer.wait_until(
+                        lambda p, prefix=prefix: (
+                            len(fresh := [s for t, s in remote(p).items() if t.startswith(prefix)])
+                            == 2
+                            and all(
+                                s.first_frame_s is not None
+                                and s.frames
+                                >= (VIDEO_FRAMES if s.kind == "video" else AUDIO_FRAMES)
+                                for s in fresh
+                            )
+                        ),
+                        60,
+                    )
+                assert set(ann.participants) == {ann.participant, ben.participant}
+            stop.set()
 
 
 def close_user(server: Server, user: str, code: int) -> int:
