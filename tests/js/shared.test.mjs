@@ -179,3 +179,30 @@ test("a SharedWorker that never starts falls back to a leader tab", async () => 
     tab.close();
   }
 });
+
+test("a room created, joined or left in one tab is announced to the other tabs", async () => {
+  const channel = `test-rooms-${Date.now()}`;
+  const locks = new FakeLocks();
+  const dave = await open("dave", { device: "dave-rooms" });
+  const tabA = await openTab(channel, locks, "browser-rooms");
+  const tabB = await openTab(channel, locks, "browser-rooms");
+  try {
+    const seenA = record(tabA, ["room", "member"]);
+    const seenB = record(tabB, ["room", "member"]);
+    const mine = await tabB.createRoom("announced", { kind: "public" });
+    await until(() => seenA.room.some((e) => e.room.id === mine.id), "tab A learns of the new room");
+    assert.equal(seenA.room.find((e) => e.room.id === mine.id).room.name, "announced");
+    const daves = await dave.createRoom("dave's", { kind: "public" });
+    await tabA.joinRoom(daves.id);
+    await until(() => seenB.room.some((e) => e.room.id === daves.id), "tab B learns that carol joined");
+    await tabA.leaveRoom(daves.id);
+    await until(
+      () => seenB.member.some((e) => e.room === daves.id && e.user === "carol" && e.action === "left"),
+      "tab B learns that carol left",
+    );
+  } finally {
+    tabA.close();
+    tabB.close();
+    dave.close();
+  }
+});

@@ -349,11 +349,32 @@ export class Host {
       } else {
         value = await /** @type {any} */ (client)[method](...args);
         if (method === "subscribePresence" && state) for (const u of args[0]) state.presence.add(u);
+        this.announceRoomChange(method, args, value, client);
       }
       this.post(tab, { k: "result", tab, id, ok: true, value });
     } catch (err) {
       this.post(tab, { k: "result", tab, id, ok: false, error: serializeError(err) });
     }
+  }
+
+  /**
+   * The server pushes no `room`/`member` event to the connection that asked
+   * for the change, so the other tabs learn of a room created, joined, opened
+   * or left in one tab from the host (every tab gets it; handling it is
+   * idempotent: the asking tab already has the answer).
+   * @param {string} method @param {any[]} args @param {any} value @param {TetherClient} client
+   */
+  announceRoomChange(method, args, value, client) {
+    let type = null;
+    let detail = null;
+    if ((method === "createRoom" || method === "joinRoom" || method === "openDm") && value) {
+      type = "room";
+      detail = { room: value, unread: 0 };
+    } else if (method === "leaveRoom" && typeof args[0] === "string" && client.user) {
+      type = "member";
+      detail = { room: args[0], user: client.user, action: "left" };
+    }
+    if (type) this.post(null, { k: "event", type, detail: exportDetail(type, detail) });
   }
 
   /** Stop serving: close the connection (without bye: the user did not sign out). */
