@@ -24,23 +24,20 @@ missing; ``.ci/run`` installs them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from tether.client import Client, connect
 from tether.media.peer import CallPeer, open_call_peer
+from tether.testing.browser import browser_marks
 from tether.testing.server import make_config, running_server, token
 
 HERE = Path(__file__).parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 #: Frames of alice's video that Chromium must have decoded (15 fps: 4 s of video).
 BROWSER_FRAMES = 60
 #: Frames of Chromium's video that alice must have decoded.
@@ -48,22 +45,7 @@ PEER_FRAMES = 30
 #: The longest line call.spec.mjs prints (a stats JSON is a few KiB).
 MAX_LINE = 1 << 22
 
-_missing = [
-    reason
-    for reason, absent in (
-        (f"{CHROMIUM} (apt-get install chromium)", not Path(CHROMIUM).exists()),
-        ("node", shutil.which("node") is None),
-        (
-            "tests/browser/node_modules (npm ci --prefix tests/browser)",
-            not (HERE / "node_modules" / "playwright-core").is_dir(),
-        ),
-    )
-    if absent
-]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(_missing), reason="browser test needs " + ", ".join(_missing)),
-]
+pytestmark = browser_marks(HERE)
 
 
 class Spec:

@@ -7,38 +7,21 @@ Skipped when ``/usr/bin/chromium`` or ``tests/browser/node_modules`` is missing;
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-import pytest
 import trio
 
+from tether.testing.browser import browser_marks
 from tether.testing.raw import make_room, raw_client, text_push
 from tether.testing.server import SECRET, make_config, running_server
 from tether.transport.auth import mint_token
 
 HERE = Path(__file__).parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 #: docs/console.png is refreshed only on request (TETHER_UPDATE_SCREENSHOT=1), so a
 #: test run leaves the checkout as it was.
 DOCS_SCREENSHOT = HERE.parent.parent / "docs" / "console.png"
 
-_missing = [
-    reason
-    for reason, absent in (
-        (f"{CHROMIUM} (apt-get install chromium)", not Path(CHROMIUM).exists()),
-        ("node", shutil.which("node") is None),
-        (
-            "tests/browser/node_modules (npm ci --prefix tests/browser)",
-            not (HERE / "node_modules" / "playwright-core").is_dir(),
-        ),
-    )
-    if absent
-]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(_missing), reason="browser test needs " + ", ".join(_missing)),
-]
+pytestmark = browser_marks(HERE)
 
 
 async def test_console_page_in_chromium(tmp_path: Path) -> None:

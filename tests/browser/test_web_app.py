@@ -12,23 +12,21 @@ when the script asks for it. Skipped when ``/usr/bin/chromium`` or
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from functools import partial
 from pathlib import Path
 
-import pytest
 import trio
 
 from tether.actors import ActorDeadError, MailboxFull
 from tether.actors.messages import CloseConnection
 from tether.app import Server
+from tether.testing.browser import browser_marks
 from tether.testing.raw import make_room, raw_client
 from tether.testing.server import make_config, running_server, token
 from tether.transport.protocol.codes import DisconnectCode
 
 HERE = Path(__file__).parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DOCS = HERE.parent.parent / "docs"
 #: Messages posted before the browsers start (alice and bob in turn, bob first):
 #: more than one history page (50).
@@ -47,22 +45,7 @@ LINES = (
     "Great, see you at the station",
 )
 
-_missing = [
-    reason
-    for reason, absent in (
-        (f"{CHROMIUM} (apt-get install chromium)", not Path(CHROMIUM).exists()),
-        ("node", shutil.which("node") is None),
-        (
-            "tests/browser/node_modules (npm ci --prefix tests/browser)",
-            not (HERE / "node_modules" / "playwright-core").is_dir(),
-        ),
-    )
-    if absent
-]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(_missing), reason="browser test needs " + ", ".join(_missing)),
-]
+pytestmark = browser_marks(HERE)
 
 
 def _shots(tmp_path: Path) -> Path:
