@@ -48,10 +48,15 @@ class FakeStore:
     async def get_room(self, room_id: str) -> object:
         if room_id != ROOM:
             raise NotFound(room_id)
-        return object()
+        return SimpleNamespace(
+            id=room_id, kind="public", name="r", owner="alice", last_seq=0, created_at=0
+        )
 
     async def list_members(self, room_id: str) -> list[Any]:
-        return [SimpleNamespace(user_id=u) for u in ("alice", "bob")]
+        return [SimpleNamespace(user_id=u, role="member") for u in ("alice", "bob")]
+
+    async def receipts(self, room_id: str) -> list[Any]:
+        return []
 
 
 class FakePool:

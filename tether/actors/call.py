@@ -35,7 +35,7 @@ from typing import Any
 from tether.actors import ActorDeadError, ActorRef, MailboxFull, StopReason, TimerHandle
 from tether.actors.context import ServerContext
 from tether.actors.io import IoDone, PipeToSelf
-from tether.actors.room import Respond
+from tether.actors.room import MemberQuery, Respond
 from tether.media.pool import MediaError, MediaEvent, MediaUnavailable, WorkerLost
 from tether.storage.errors import NotFound, StorageUnavailable
 from tether.transport.protocol.codes import ErrorCode
@@ -203,10 +203,26 @@ class _Participant:
             self.offer_timer = None
 
 
-async def _membership(store: Any, room_id: str, user: str) -> bool:
-    await store.get_room(room_id)  # NotFound: no such room
-    members = await store.list_members(room_id)
-    return any(m.user_id == user for m in members)
+async def _membership(ctx: ServerContext, room_id: str, user: str) -> bool:
+    """Whether ``user`` is a member, asked of the room's actor (it keeps the members).
+
+    Raises:
+        NotFound: there is no such room.
+        StorageUnavailable: the room could not be loaded, or its actor is overloaded.
+    """
+    for _attempt in range(2):  # a room retiring meanwhile: its successor answers
+        try:
+            answer = await ctx.rooms.get_or_spawn(room_id).ask(MemberQuery(user))
+        except ActorDeadError:
+            continue
+        except MailboxFull as exc:
+            raise StorageUnavailable("room busy") from exc
+        if answer == "missing":
+            raise NotFound(room_id)
+        if answer == "unavailable":
+            raise StorageUnavailable("room not loaded")
+        return bool(answer == "member")
+    raise StorageUnavailable("room actor stopped")
 
 
 class CallActor(PipeToSelf):
@@ -462,7 +478,6 @@ class CallActor(PipeToSelf):
         if p is not None:
             self._rejoin(request, event, p)
             return
-        store = self.ctx.store
 
         def checked(member: Any, error: BaseException | None) -> None:
             self._checking -= 1
@@ -483,7 +498,7 @@ class CallActor(PipeToSelf):
             self._maybe_stop()
 
         self._checking += 1
-        self._io(lambda: _membership(store, self.room_id, request.user), checked)
+        self._io(lambda: _membership(self.ctx, self.room_id, request.user), checked)
 
     def _admit(self, request: CallRequest, event: CallJoin) -> None:
         existing = self.participants.get((request.user, request.session))

@@ -141,6 +141,18 @@ class ConnectionGone:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberQuery:
+    """Asked (``ask``): is ``user`` a member of this room?
+
+    Answers ``"member"``, ``"not_member"``, ``"missing"`` (no such room) or
+    ``"unavailable"`` (storage could not load it; ask again later), from the
+    members the room keeps in memory.
+    """
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
 class _FlushReceipts:
     pass
 
@@ -329,6 +341,8 @@ class RoomActor(PipeToSelf):
             case PluginPost():
                 self._last_activity = trio.current_time()
                 self._on_plugin_post(message)
+            case MemberQuery():
+                return self._member_of(message.user)
             case ConnectionGone():
                 # Only when the user has no connection left: another device
                 # may be the one typing now (a stale entry expires anyway).
@@ -416,6 +430,13 @@ class RoomActor(PipeToSelf):
             )
             return False
         return True
+
+    def _member_of(self, user: str) -> str:
+        """The answer to a :class:`MemberQuery` (same rules as :meth:`_member_check`)."""
+        if self.unavailable or self.missing:
+            self._maybe_retire_missing()
+            return "unavailable" if self.unavailable else "missing"
+        return "member" if user in self.members else "not_member"
 
     def _maybe_retire_missing(self) -> None:
         if not self._retiring:
