@@ -27,22 +27,10 @@ loop, awaited from trio without blocking it). Counters are written by the
 loop thread and read by trio under one lock; everything else (participants,
 tracks, speaker) is trio-side state.
 
-Private aiortc/aioice attributes used here (client side only; the worker's are
-in ``tether.media.worker.compat``), all checked by :func:`check_private_api`:
-
-- ``aioice.ice.get_host_addresses`` — wrapped (process-wide, once) so that
-  127.0.0.1 is gathered too: aioice leaves loopback out, and a server on the
-  same machine announcing 127.0.0.1 is then unreachable (:func:`allow_loopback`).
-- ``RTCIceTransport._connection`` (aioice ``Connection``) and its public
-  ``data_received(data, component)`` — wrapped per subscriber connection for
-  loss injection (drops a fraction of incoming RTP datagrams).
-- ``aioice.Connection._protocols`` (its gathered ``StunProtocol`` s, each with
-  an asyncio datagram transport) — in sink mode, to enlarge the subscriber
-  sockets' receive buffers (:data:`SINK_RCVBUF`), so that a scheduling stall of
-  a busy benchmark client does not overflow them.
-- ``RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)`` — wrapped per
-  receiver to count packets and spot keyframe starts; with ``decode=False`` the
-  original is skipped (no jitter buffer, NACK or decoding: a counting sink).
+The private aiortc/aioice attributes used here (the host-address wrap for
+loopback, the ICE connection's ``data_received`` and ``_protocols``, the
+receivers' ``_handle_rtp_packet``) are reached through
+``tether.media.worker.compat``, which lists and checks every one of them.
 """
 
 from __future__ import annotations
@@ -50,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
+import functools
 import logging
 import random
 import socket
@@ -60,7 +48,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
-import aioice.ice
 import av
 import trio
 from aiortc import (
@@ -72,7 +59,6 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from tether.client import (
     CallEnded,
@@ -90,6 +76,7 @@ from tether.client import (
     RequestInterrupted,
 )
 from tether.media.synthetic import MediaMode, VideoSpec, make_tracks
+from tether.media.worker import compat
 
 log = logging.getLogger("tether.media.peer")
 
@@ -111,78 +98,9 @@ SINK_RCVBUF = 4 * 1024 * 1024
 _CLOSE_TIMEOUT_S = 10.0
 
 
-# -- private aiortc/aioice API (client side) ----------------------------------------
-
-_LOOPBACK = "127.0.0.1"
-_loopback_lock = threading.Lock()
-
-
 def allow_loopback() -> None:
-    """Make aioice gather 127.0.0.1 too (process-wide, idempotent).
-
-    aioice's ``get_host_addresses`` skips 127.0.0.1, so a client on the same
-    machine as a media worker that announces only 127.0.0.1 never pairs. The
-    smallest fix: wrap the function and append loopback when IPv4 is gathered.
-    """
-    with _loopback_lock:
-        current = aioice.ice.get_host_addresses
-        if getattr(current, "_tether_loopback", False):
-            return
-
-        def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-            addresses: list[str] = list(current(use_ipv4, use_ipv6))
-            if use_ipv4 and _LOOPBACK not in addresses:
-                addresses.append(_LOOPBACK)
-            return addresses
-
-        with_loopback._tether_loopback = True  # type: ignore[attr-defined]
-        aioice.ice.get_host_addresses = with_loopback
-
-
-def _ice_connection(pc: RTCPeerConnection) -> Any:
-    """The aioice Connection under ``pc``'s (bundled) transport, or None before one exists."""
-    transceivers = pc.getTransceivers()
-    if not transceivers:
-        return None
-    return transceivers[0].receiver.transport.transport._connection
-
-
-def check_private_api() -> list[str]:
-    """Names of the private attributes above that no longer look as expected (empty: fine)."""
-    problems: list[str] = []
-    if list(inspect.signature(aioice.ice.get_host_addresses).parameters)[:2] != [
-        "use_ipv4",
-        "use_ipv6",
-    ] and not getattr(aioice.ice.get_host_addresses, "_tether_loopback", False):
-        problems.append("aioice.ice.get_host_addresses(use_ipv4, use_ipv6)")
-    if "get_host_addresses(" not in inspect.getsource(aioice.Connection.gather_candidates):
-        problems.append("aioice.Connection.gather_candidates calls get_host_addresses")
-    if list(inspect.signature(aioice.Connection.data_received).parameters) != [
-        "self",
-        "data",
-        "component",
-    ]:
-        problems.append("aioice.Connection.data_received(data, component)")
-    if "self.receiver.data_received(" not in inspect.getsource(
-        aioice.ice.StunProtocol.datagram_received
-    ):
-        problems.append("StunProtocol.datagram_received calls receiver.data_received")
-    if list(inspect.signature(RTCRtpReceiver._handle_rtp_packet).parameters) != [
-        "self",
-        "packet",
-        "arrival_time_ms",
-    ]:
-        problems.append("RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)")
-    from aiortc.rtcdtlstransport import RTCDtlsTransport  # noqa: PLC0415 - check only
-    from aiortc.rtcicetransport import RTCIceTransport  # noqa: PLC0415
-
-    if "receiver._handle_rtp_packet(" not in inspect.getsource(RTCDtlsTransport._handle_rtp_data):
-        problems.append("RTCDtlsTransport._handle_rtp_data calls receiver._handle_rtp_packet")
-    if "self._protocols" not in inspect.getsource(aioice.Connection.get_component_candidates):
-        problems.append("aioice.Connection._protocols")
-    if "self._connection = " not in inspect.getsource(RTCIceTransport.__init__):
-        problems.append("RTCIceTransport._connection")
-    return problems
+    """Make aioice gather 127.0.0.1 too (process-wide, idempotent): see ``compat``."""
+    compat.add_loopback_host_address()
 
 
 # -- counters -----------------------------------------------------------------------
@@ -539,16 +457,16 @@ class _Media:
             if id(receiver) in self._hooked or transceiver.mid is None:
                 continue
             self._hooked.add(id(receiver))
-            receiver._handle_rtp_packet = self._counting(  # type: ignore[method-assign,assignment]
-                transceiver.mid, receiver._handle_rtp_packet
+            compat.wrap_receiver_packets(
+                receiver, functools.partial(self._counting, transceiver.mid)
             )
         if self._options.loss > 0 or self._options.sink:
-            connection = _ice_connection(pc)
+            connection = compat.pc_ice_connection(pc)
             if connection is not None and not getattr(connection, "_tether_lossy", False):
                 connection._tether_lossy = True
                 connection.data_received = self._lossy(connection.data_received)
                 if self._options.sink:
-                    for protocol in connection._protocols:
+                    for protocol in compat.connection_protocols(connection):
                         sock = protocol.transport.get_extra_info("socket")
                         if sock is not None:
                             with contextlib.suppress(OSError):

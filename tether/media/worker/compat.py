@@ -1,4 +1,7 @@
-"""Every private aiortc/aioice attribute the worker relies on, in one place.
+"""Every private aiortc/aioice attribute tether relies on, in one place.
+
+The worker uses most of them; the Python call participant
+(``tether.media.peer``) uses the few marked "client".
 
 Pinned versions: aiortc 1.16.0, aioice 0.13.0. Each private attribute is reached
 through one small function below, and :func:`check` verifies that each exists
@@ -18,7 +21,12 @@ Attributes used (class: attribute — why):
   process only) so that candidates come from the worker's single UDP socket.
 - ``aioice.StunProtocol.transactions`` — pending STUN transactions, to route a
   STUN response to the protocol that sent the request.
-- ``aioice.ice.get_host_addresses`` — replaced in test clients to include loopback.
+- ``aioice.ice.get_host_addresses`` — replaced in test clients to include loopback,
+  and wrapped (client) so that 127.0.0.1 is gathered as well.
+- ``aioice.Connection.data_received(data, component)`` — wrapped per connection
+  (client) for loss injection; ``StunProtocol.datagram_received`` must call it.
+- ``RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)`` — wrapped per
+  receiver (client) to count packets; ``_handle_rtp_data`` must call it.
 - ``RTCRtpSender._ssrc`` / ``_rtx_ssrc`` / ``_stream_id`` / ``_track_id`` — SSRCs the
   worker uses when forwarding, and the msid written into the subscriber offer.
 - ``RTCRtpTransceiver._codecs`` / ``_headerExtensions`` — negotiated payload types
@@ -30,6 +38,7 @@ Attributes used (class: attribute — why):
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -138,6 +147,44 @@ CandidatesFn = Callable[[Any, int, list[str], int], Awaitable[list[Any]]]
 def replace_component_candidates(fn: CandidatesFn) -> None:
     """Replace ``Connection.get_component_candidates`` for the whole process."""
     setattr(aioice.Connection, "get_component_candidates", fn)  # noqa: B010 - typed method
+
+
+_LOOPBACK = "127.0.0.1"
+_loopback_lock = threading.Lock()
+
+
+def add_loopback_host_address() -> None:
+    """Make aioice gather 127.0.0.1 too (process-wide, idempotent; client side).
+
+    aioice's ``get_host_addresses`` skips 127.0.0.1, so a client on the same
+    machine as a media worker that announces only 127.0.0.1 never pairs.
+    """
+    with _loopback_lock:
+        current = aioice.ice.get_host_addresses
+        if getattr(current, "_tether_loopback", False):
+            return
+
+        def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            addresses: list[str] = list(current(use_ipv4, use_ipv6))
+            if use_ipv4 and _LOOPBACK not in addresses:
+                addresses.append(_LOOPBACK)
+            return addresses
+
+        with_loopback._tether_loopback = True  # type: ignore[attr-defined]
+        setattr(aioice.ice, "get_host_addresses", with_loopback)  # noqa: B010
+
+
+def pc_ice_connection(pc: Any) -> Any:
+    """The aioice Connection under ``pc``'s (bundled) transport, or None before one exists."""
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        return None
+    return ice_connection(transceivers[0].receiver.transport)
+
+
+def wrap_receiver_packets(receiver: Any, wrap: Callable[[Any], Any]) -> None:
+    """Replace ``receiver._handle_rtp_packet`` by ``wrap(original)`` (client side)."""
+    receiver._handle_rtp_packet = wrap(receiver._handle_rtp_packet)
 
 
 def set_host_addresses(addresses: list[str]) -> Callable[[bool, bool], list[str]]:
@@ -261,6 +308,23 @@ def check() -> list[str]:
         "self._queue.put_nowait((data, component))"
         in inspect.getsource(aioice.Connection.data_received),
         "Connection.data_received queues datagrams",
+    )
+    need(
+        _params(aioice.Connection.data_received) == ["self", "data", "component"],
+        "aioice Connection.data_received(self, data, component)",
+    )
+    need(
+        "self.receiver.data_received("
+        in inspect.getsource(aioice.ice.StunProtocol.datagram_received),
+        "StunProtocol.datagram_received calls receiver.data_received",
+    )
+    need(
+        _params(RTCRtpReceiver._handle_rtp_packet) == ["self", "packet", "arrival_time_ms"],
+        "RTCRtpReceiver._handle_rtp_packet(self, packet, arrival_time_ms)",
+    )
+    need(
+        "receiver._handle_rtp_packet(" in inspect.getsource(RTCDtlsTransport._handle_rtp_data),
+        "RTCDtlsTransport._handle_rtp_data calls receiver._handle_rtp_packet",
     )
     pair_src = inspect.getsource(aioice.ice.CandidatePair)
     need("def remote_addr" in pair_src and "self.protocol" in pair_src, "CandidatePair shape")
